@@ -1,0 +1,15 @@
+"""Gaussian moments: structures, estimation, files, latent-format conversion and Gaussian math."""
+
+from .estimate import DENSE_MAX_DIM, MomentAccumulator, estimate_moments
+from .gaussian import flow_alpha, gaussian_eps, gaussian_flow, gaussian_x0
+from .io import load_moments, moments_from_tensors, read_header, save_moments
+from .latent_formats import LATENT_FORMATS, LatentFormat, to_model_space, to_model_space_named
+from .structures import (STRUCTURES, DenseMoments, GaussianMoments, GaussianOperator, LowRankMoments,
+                         MomentsError, StationaryMoments, expected_stored_bytes)
+
+__all__ = [
+    "DENSE_MAX_DIM", "MomentAccumulator", "estimate_moments", "flow_alpha", "gaussian_eps", "gaussian_flow",
+    "gaussian_x0", "load_moments", "moments_from_tensors", "read_header", "save_moments", "LATENT_FORMATS",
+    "LatentFormat", "to_model_space", "to_model_space_named", "STRUCTURES", "DenseMoments", "GaussianMoments",
+    "GaussianOperator", "LowRankMoments", "MomentsError", "StationaryMoments", "expected_stored_bytes",
+]

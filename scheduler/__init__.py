@@ -1,0 +1,15 @@
+"""The teleport sampler, the hand-off plan, inner samplers and schedules."""
+
+from .handoff import KINDS, MODES, Handoff, TeleportPlan, plan_teleport, respace, skipped_steps, teleport_sigmas
+from .samplers import SAMPLERS, model_calls, sample_dpmpp_2m, sample_euler, sample_heun
+from .schedules import (flow_to_ve_sigma, get_sigmas_edm, get_sigmas_flow, get_sigmas_karras,
+                        get_sigmas_sd_karras, get_sigmas_sd_normal, ve_to_flow_sigma)
+from .teleport import PARAMETERIZATIONS, make_teleport_sampler, path_alpha, sample_teleport, teleport_jump
+
+__all__ = [
+    "KINDS", "MODES", "Handoff", "TeleportPlan", "plan_teleport", "respace", "skipped_steps", "teleport_sigmas",
+    "SAMPLERS", "model_calls", "sample_dpmpp_2m", "sample_euler", "sample_heun", "flow_to_ve_sigma",
+    "get_sigmas_edm", "get_sigmas_flow", "get_sigmas_karras", "get_sigmas_sd_karras", "get_sigmas_sd_normal",
+    "ve_to_flow_sigma", "PARAMETERIZATIONS", "make_teleport_sampler", "path_alpha", "sample_teleport",
+    "teleport_jump",
+]
