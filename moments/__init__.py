@@ -1,5 +1,9 @@
 """Gaussian moments: structures, estimation, files, latent-format conversion and Gaussian math."""
 
+if "." not in __name__:  # found as a top-level module on a host's sys.path: not ours (see _isolation.py)
+    import os as _os, runpy as _runpy
+    _runpy.run_path(_os.path.join(_os.path.dirname(__file__), _os.pardir, "_isolation.py"))["defer"](globals())
+
 from .estimate import DENSE_MAX_DIM, MomentAccumulator, estimate_moments
 from .gaussian import flow_alpha, gaussian_eps, gaussian_flow, gaussian_x0
 from .io import load_moments, moments_from_tensors, read_header, save_moments

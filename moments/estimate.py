@@ -2,10 +2,11 @@
 
 An accumulator holds sufficient statistics whose size does not grow with the number of samples:
 - dense (and low-rank when D is small): the count, Σx and the D×D scatter Σxxᵀ;
-- low-rank at large D: Σx, Σ‖x‖² and a sketch B (D×m, m ≤ ``sketch``) with BBᵀ ≈ Σxxᵀ. While the
-  samples number fewer than ``sketch`` the sketch is the samples themselves, so the eigenpairs come
-  from a thin QR/eigendecomposition of the N×N problem (the Gram route, O(N²D)); past that, the
-  smallest directions are folded into the isotropic residual, whose total energy is kept exactly;
+- low-rank at large D: Σx, the centred sum of squares and a sketch B (D×m, m ≤ ``sketch``) with
+  BBᵀ ≈ Σ(x − x̄)(x − x̄)ᵀ, merged with Chan et al.'s update (the shift between the two means is one
+  more column). While the samples number fewer than ``sketch`` the sketch holds them exactly, so the
+  eigenpairs come from a thin QR of the N columns (the Gram route, O(N²D)); past that, the smallest
+  directions are folded into the isotropic residual, whose total energy is kept exactly;
 - stationary: Σx and the per-frequency scatter Σ X(k)X(k)ᴴ of the orthonormal 2-D DFT.
 Sums merge exactly (shards, processes); a sketch merges exactly while it is not truncated.
 """
@@ -52,8 +53,8 @@ class MomentAccumulator:
         self.count = 0
         self.sum: torch.Tensor | None = None
         self.scatter: torch.Tensor | None = None   # dense D×D, or stationary (H, W, C, C) complex
-        self.sketch: torch.Tensor | None = None    # low-rank D×m
-        self.sumsq = 0.0
+        self.sketch: torch.Tensor | None = None    # low-rank D×m, centred
+        self.m2 = 0.0                              # centred sum of squares (sketch mode)
 
     # -- bookkeeping ---------------------------------------------------------
 
@@ -102,21 +103,35 @@ class MomentAccumulator:
     def add(self, batch: torch.Tensor) -> "MomentAccumulator":
         """Add a batch (B, C, H, W) or one latent (C, H, W)."""
         batch = self._check_batch(batch)
+        if self.uses_sketch:
+            mean = batch.mean(0)
+            centred = (batch - mean).reshape(batch.shape[0], -1)
+            self._merge_centred(batch.shape[0], mean, float((centred * centred).sum()), centred.T)
+            return self
         self.count += batch.shape[0]
         self.sum += batch.sum(0)
         flat = batch.reshape(batch.shape[0], -1)
-        self.sumsq += float((flat * flat).sum())
         if self.structure == "stationary":
             spec = torch.fft.fft2(batch, norm="ortho").permute(0, 2, 3, 1)  # B, H, W, C
             self.scatter += torch.einsum("bhwi,bhwj->hwij", spec, spec.conj())
-        elif self.uses_sketch:
-            self._absorb(flat.T)
         else:
             self.scatter += flat.T @ flat
         return self
 
-    def _absorb(self, cols: torch.Tensor):
-        self.sketch = torch.cat([self.sketch, cols], dim=1)
+    def _merge_centred(self, n_b: int, mean_b: torch.Tensor, m2_b: float, sketch_b: torch.Tensor):
+        """Chan et al.'s pairwise update: S = S_a + S_b + (n_a n_b / n) δδᵀ with δ = x̄_b − x̄_a."""
+        n_a = self.count
+        n = n_a + n_b
+        cols = [self.sketch, sketch_b]
+        if n_a > 0:
+            delta = (mean_b - self.sum / n_a).flatten()
+            w = n_a * n_b / n
+            cols.append((w ** 0.5) * delta[:, None])
+            self.m2 += w * float(delta @ delta)
+        self.m2 += m2_b
+        self.count = n
+        self.sum += mean_b * n_b
+        self.sketch = torch.cat(cols, dim=1)
         if self.sketch.shape[1] > self.sketch_cols:
             self.sketch = _truncate_columns(self.sketch, self.sketch_cols)
 
@@ -130,13 +145,12 @@ class MomentAccumulator:
             self._start(other.shape)
         if other.shape != self.shape:
             raise MomentsError(f"cannot merge statistics of latents {other.shape} into {self.shape}")
+        if self.uses_sketch:
+            self._merge_centred(other.count, other.sum / other.count, other.m2, other.sketch)
+            return self
         self.count += other.count
         self.sum += other.sum
-        self.sumsq += other.sumsq
-        if self.uses_sketch:
-            self._absorb(other.sketch)
-        else:
-            self.scatter += other.scatter
+        self.scatter += other.scatter
         return self
 
     def all_reduce(self, group=None) -> "MomentAccumulator":
@@ -165,21 +179,26 @@ class MomentAccumulator:
             dist.all_reduce(buf, group=group)
             return (torch.view_as_complex(buf) if t.is_complex() else buf).cpu()
 
-        scalars = reduce_(torch.tensor([float(self.count), self.sumsq], dtype=torch.float64))
-        self.count, self.sumsq = int(round(float(scalars[0]))), float(scalars[1])
-        self.sum = reduce_(self.sum)
         if not self.uses_sketch:
+            self.count = int(reduce_(torch.tensor([self.count], dtype=torch.float64)).round().item())
+            self.sum = reduce_(self.sum)
             self.scatter = reduce_(self.scatter)
             return self
-        widths = [None] * dist.get_world_size(group)
-        dist.all_gather_object(widths, self.sketch.shape[1], group=group)
-        padded = torch.zeros(self.dim, max(widths), dtype=torch.float64, device=device)
-        padded[:, :self.sketch.shape[1]] = self.sketch.to(device)
-        gathered = [torch.empty_like(padded) for _ in widths]
-        dist.all_gather(gathered, padded, group=group)
-        self.sketch = torch.zeros(self.dim, 0, dtype=torch.float64)
-        for g, w in zip(gathered, widths):
-            self._absorb(g[:, :w].cpu())
+        # Sketches are gathered and merged in process order, so every process gets the same result.
+        parts = [None] * dist.get_world_size(group)
+        dist.all_gather_object(parts, (self.count, self.m2, self.sketch.shape[1]), group=group)
+        width = max(p[2] for p in parts)
+        packed = torch.zeros(self.dim, width + 1, dtype=torch.float64, device=device)
+        packed[:, 0] = self.sum.flatten().to(device)
+        packed[:, 1:1 + self.sketch.shape[1]] = self.sketch.to(device)
+        gathered = [torch.empty_like(packed) for _ in parts]
+        dist.all_gather(gathered, packed, group=group)
+        self._start(shape)
+        self.count, self.m2 = 0, 0.0
+        for (count, m2, cols), g in zip(parts, gathered):
+            if count:
+                g = g.cpu()
+                self._merge_centred(count, g[:, 0].reshape(shape) / count, m2, g[:, 1:1 + cols])
         return self
 
     @classmethod
@@ -201,16 +220,15 @@ class MomentAccumulator:
         if isinstance(moments, StationaryMoments):
             spec = torch.fft.fft2(mean, norm="ortho").permute(1, 2, 0)[..., None]
             acc.scatter = (n - 1) * moments.spectrum() + n * (spec @ spec.mH)
-            acc.sumsq = float(acc.scatter.diagonal(dim1=-2, dim2=-1).real.sum())
             return acc
         u = moments.eigvecs.double()
         lam = moments.eigvals.double()
-        flat = mean.flatten()
-        trace = float(lam.sum()) + float(moments.residual) * (moments.dim - moments.rank)
-        acc.sumsq = (n - 1) * trace + n * float(flat @ flat)
         if acc.uses_sketch:
-            acc.sketch = torch.cat([u * ((n - 1) * lam).sqrt(), (n ** 0.5) * flat[:, None]], dim=1)
+            trace = float(lam.sum()) + float(moments.residual) * (moments.dim - moments.rank)
+            acc.sketch = u * ((n - 1) * lam).sqrt()
+            acc.m2 = (n - 1) * trace
         else:
+            flat = mean.flatten()
             resid = float(moments.residual) * (torch.eye(moments.dim, dtype=torch.float64) - u @ u.T)
             acc.scatter = (n - 1) * ((u * lam) @ u.T + resid) + n * torch.outer(flat, flat)
         return acc
@@ -233,19 +251,18 @@ class MomentAccumulator:
             cdtype = torch.complex64 if dtype == torch.float32 else torch.complex128
             return StationaryMoments(mean.to(dtype), eigvals.to(dtype), eigvecs.to(cdtype), **kw)
         if self.uses_sketch:
-            eigvals, eigvecs = _centered_eigen_from_sketch(self.sketch, mean.flatten(), n)
+            eigvals, eigvecs = _eigen_from_sketch(self.sketch, n)
+            trace = self.m2 / (n - 1)
         else:
             flat = mean.flatten()
             cov = (self.scatter - n * torch.outer(flat, flat)) / (n - 1)
             eigvals, eigvecs = torch.linalg.eigh(0.5 * (cov + cov.T))
             eigvals, eigvecs = _zero_roundoff(eigvals.flip(0)), eigvecs.flip(1)
+            trace = float(eigvals.sum())
         if self.structure == "dense":
             return DenseMoments(mean.to(dtype), eigvals.to(dtype), eigvecs.to(dtype), **kw)
         k = min(self.rank, eigvals.numel(), self.dim)
-        trace = (self.sumsq - n * float(mean.flatten() @ mean.flatten())) / (n - 1)
-        residual = max(trace - float(eigvals[:k].sum()), 0.0) / max(self.dim - k, 1)
-        if self.dim == k:
-            residual = 0.0
+        residual = 0.0 if k == self.dim else max(trace - float(eigvals[:k].sum()), 0.0) / (self.dim - k)
         return LowRankMoments(mean.to(dtype), eigvals[:k].to(dtype), eigvecs[:, :k].contiguous().to(dtype),
                               residual, **kw)
 
@@ -264,27 +281,19 @@ def _truncate_columns(b: torch.Tensor, m: int) -> torch.Tensor:
     return q @ (u[:, :m] * s[:m])
 
 
-def _centered_eigen_from_sketch(b: torch.Tensor, mean: torch.Tensor, n: int):
-    """Eigenpairs of (BBᵀ − n μμᵀ)/(n − 1) through a thin QR: O(D·m²), never a D×D matrix."""
-    z = torch.cat([b, (n ** 0.5) * mean[:, None]], dim=1)
-    q, r = torch.linalg.qr(z)
-    signs = torch.ones(z.shape[1], dtype=torch.float64)
-    signs[-1] = -1.0
-    small = (r * signs) @ r.T / (n - 1)
+def _eigen_from_sketch(b: torch.Tensor, n: int):
+    """Eigenpairs of BBᵀ/(n − 1) through a thin QR: O(D·m²), never a D×D matrix."""
+    q, r = torch.linalg.qr(b)
+    small = r @ r.T / (n - 1)
     eigvals, vecs = torch.linalg.eigh(0.5 * (small + small.T))
-    eigvals, vecs = eigvals.flip(0), vecs.flip(1)
-    eigvals = _zero_roundoff(eigvals)
-    if float(eigvals[-1]) < 0:
-        raise MomentsError(f"the covariance estimate has a negative eigenvalue ({float(eigvals[-1]):.3g}); "
-                           "the statistics are corrupt")
-    return eigvals, q @ vecs
+    return _zero_roundoff(eigvals.flip(0)), q @ vecs.flip(1)
 
 
 def estimate_moments(batches: Iterable[torch.Tensor], structure: str = "lowrank", *, rank: int = 256,
                      sketch: int | None = None, space: str = "raw", latent_format: str = "none",
-                     metadata: dict | None = None) -> GaussianMoments:
-    """Estimate moments from an iterable of latent batches (B, C, H, W)."""
+                     metadata: dict | None = None, dtype: torch.dtype = torch.float32) -> GaussianMoments:
+    """Estimate moments from an iterable of latent batches (B, C, H, W); stored in ``dtype``."""
     acc = MomentAccumulator(structure, rank=rank, sketch=sketch)
     for batch in batches:
         acc.add(batch)
-    return acc.finalize(space=space, latent_format=latent_format, metadata=metadata)
+    return acc.finalize(space=space, latent_format=latent_format, metadata=metadata, dtype=dtype)
