@@ -43,6 +43,10 @@ class GaussianOperator:
 
     def apply(self, v: torch.Tensor, f: Spectrum) -> torch.Tensor:
         """f(Σ) v for a batch v of shape (B, C, H, W)."""
+        return self.apply_many(v, [f])[0]
+
+    def apply_many(self, v: torch.Tensor, fs: list[Spectrum]) -> list[torch.Tensor]:
+        """[f(Σ) v for f in fs], sharing one projection onto the eigenbasis."""
         raise NotImplementedError
 
 
@@ -54,13 +58,17 @@ class EigenOperator(GaussianOperator):
         self.eigvals, self.eigvecs, self.residual = eigvals, eigvecs, residual
         self.complete = eigvecs.shape[1] == eigvecs.shape[0]
 
-    def apply(self, v, f):
-        flat = v.reshape(v.shape[0], -1)
+    def apply_many(self, v, fs):
+        b = v.shape[0]
+        flat = v.reshape(b, -1)
         coeff = flat @ self.eigvecs
-        out = (coeff * f(self.eigvals)) @ self.eigvecs.T
-        if not self.complete:
-            out = out + f(self.residual) * (flat - coeff @ self.eigvecs.T)
-        return out.reshape(v.shape)
+        # One pass back through U for every output (and the projection): U is the memory traffic.
+        rows = [coeff * f(self.eigvals) for f in fs] + ([] if self.complete else [coeff])
+        back = (torch.cat(rows) @ self.eigvecs.T).split(b)
+        if self.complete:
+            return [o.reshape(v.shape) for o in back]
+        outside = flat - back[-1]
+        return [(o + f(self.residual) * outside).reshape(v.shape) for o, f in zip(back, fs)]
 
 
 class StationaryOperator(GaussianOperator):
@@ -70,12 +78,15 @@ class StationaryOperator(GaussianOperator):
         super().__init__(mean)
         self.eigvals, self.eigvecs = eigvals, eigvecs  # (H, W, C), (H, W, C, C) complex
 
-    def apply(self, v, f):
+    def apply_many(self, v, fs):
         spec = torch.fft.fft2(v, norm="ortho").permute(0, 2, 3, 1).unsqueeze(-1)  # B,H,W,C,1
         coeff = self.eigvecs.mH @ spec
-        coeff = coeff * f(self.eigvals).unsqueeze(-1).to(coeff.dtype)
-        out = (self.eigvecs @ coeff).squeeze(-1).permute(0, 3, 1, 2)
-        return torch.fft.ifft2(out, norm="ortho").real
+        outs = []
+        for f in fs:
+            scaled = coeff * f(self.eigvals).unsqueeze(-1).to(coeff.dtype)
+            out = (self.eigvecs @ scaled).squeeze(-1).permute(0, 3, 1, 2)
+            outs.append(torch.fft.ifft2(out, norm="ortho").real)
+        return outs
 
 
 # ----------------------------------------------------------------------------

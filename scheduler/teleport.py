@@ -12,7 +12,7 @@ from typing import Callable
 
 import torch
 
-from ..moments.gaussian import gaussian_flow, gaussian_x0
+from ..moments.gaussian import gaussian_flow_and_x0
 from ..moments.structures import GaussianMoments
 from .handoff import Handoff, TeleportPlan, plan_teleport
 
@@ -30,19 +30,18 @@ def path_alpha(parameterization: str, sigma: float) -> float:
     raise ValueError(f"parameterization must be one of {PARAMETERIZATIONS}, got {parameterization!r}")
 
 
-def compute_dtype(x: torch.Tensor) -> torch.dtype:
-    """float64 on CPU (cheap there, and the reference); float32 on accelerators."""
-    return torch.float64 if x.device.type == "cpu" else torch.float32
+def compute_dtype(ref: GaussianMoments | torch.Tensor) -> torch.dtype:
+    """At least float32; float64 when the moments (or tensor) are float64, the reference precision."""
+    dtype = ref.mean.dtype if isinstance(ref, GaussianMoments) else ref.dtype
+    return torch.promote_types(dtype, torch.float32)
 
 
 def teleport_jump(moments: GaussianMoments, x: torch.Tensor, sigma_from: float, sigma_to: float,
                   parameterization: str = "ve"):
     """Jump x from σ_T to the hand-off σ; returns (x at hand-off, Gaussian x0 prediction at σ_T)."""
-    op = moments.operator(x.shape[1:], device=x.device, dtype=compute_dtype(x))
-    xd = x.to(op.mean.dtype)
+    op = moments.operator(x.shape[1:], device=x.device, dtype=compute_dtype(moments))
     a0, a1 = path_alpha(parameterization, sigma_from), path_alpha(parameterization, sigma_to)
-    x0 = gaussian_x0(op, xd, sigma_from, a0)
-    x_new = gaussian_flow(op, xd, sigma_from, sigma_to, a0, a1)
+    x_new, x0 = gaussian_flow_and_x0(op, x.to(op.mean.dtype), sigma_from, sigma_to, a0, a1)
     return x_new.to(x.dtype), x0.to(x.dtype)
 
 

@@ -1,0 +1,89 @@
+"""Moments file size and estimation throughput versus latent size, structure and rank.
+
+File sizes are measured on files written by save_moments (float32 and float16 eigenvectors).
+Throughput is latents per second through MomentAccumulator.add in float64 on random latents, measured
+past the point where the low-rank sketch starts truncating (its steady state).
+Target: a 16×128×128 (Flux) latent's moments ≤ 200 MB on disk.
+
+    python bench/core_moments_size.py              # writes bench/results/core_moments_size.md
+    python bench/core_moments_size.py --quick      # small latents: a smoke run
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import tempfile
+import time
+
+import torch
+
+from gaussian_teleport.moments import MomentAccumulator, save_moments
+from gaussian_teleport.moments.estimate import default_sketch
+
+SIZES = {"SD1.5": (4, 64, 64), "SDXL": (4, 128, 128), "Flux": (16, 128, 128)}
+
+
+def finalize_random(structure, shape, rank, samples, batch):
+    """Estimate from random latents; returns (moments, latents per second of add())."""
+    gen = torch.Generator().manual_seed(0)
+    acc = MomentAccumulator(structure, rank=rank)
+    seconds = 0.0
+    for start in range(0, samples, batch):
+        x = torch.randn(min(batch, samples - start), *shape, generator=gen)
+        t0 = time.perf_counter()
+        acc.add(x)
+        seconds += time.perf_counter() - t0
+    return acc.finalize(), samples / seconds
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "results", "core_moments_size.md"))
+    args = ap.parse_args()
+    torch.set_grad_enabled(False)
+    sizes = {"tiny": (4, 16, 16)} if args.quick else SIZES
+    ranks = [16] if args.quick else [64, 256]
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for name, shape in sizes.items():
+            cases = [("lowrank", r) for r in ranks] + [("stationary", shape[0])]
+            for structure, rank in cases:
+                batch = 16
+                samples = (default_sketch(rank) + 4 * batch) if structure == "lowrank" else 4 * batch
+                m, rate = finalize_random(structure, shape, rank, samples, batch)
+                sizes_mb = []
+                for dtype in ("float32", "float16"):
+                    path = save_moments(m, os.path.join(tmp, f"{name}-{structure}-{rank}-{dtype}.safetensors"),
+                                        dtype=dtype)
+                    sizes_mb.append(os.path.getsize(path) / 1e6)
+                    os.remove(path)
+                rows.append((name, "×".join(map(str, shape)), structure, rank, *sizes_mb, rate, samples))
+                print(f"{name:6s} {structure:10s} rank {rank:4d}: {sizes_mb[0]:8.1f} MB fp32, {sizes_mb[1]:8.1f} MB "
+                      f"fp16 eigenvectors; {rate:8.1f} latents/s over {samples} latents")
+    lines = [
+        "# Moments file size and estimation throughput",
+        "",
+        f"Command: `python bench/core_moments_size.py{' --quick' if args.quick else ''}` on "
+        f"{torch.get_num_threads()} CPU thread(s), torch {torch.__version__}. Random latents, float64 "
+        "accumulation, batches of 16; low-rank throughput measured past the sketch's first truncation "
+        "(sketch = max(2·rank, rank + 128) columns).",
+        "",
+        "| latent | size | structure | rank | file, fp32 eigvecs (MB) | file, fp16 eigvecs (MB) | "
+        "estimation (latents/s) | latents |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    lines += [f"| {a} | {b} | {c} | {r} | {s32:.1f} | {s16:.1f} | {rate:.1f} | {n} |"
+              for a, b, c, r, s32, s16, rate, n in rows]
+    if not args.quick:
+        lines += ["", "Dense moments of SD1.5 latents would take 1.07 GB (D² fp32 values); SDXL 17 GB; Flux 275 GB: "
+                      "the estimator refuses dense above D = 4096 and points to 'lowrank' or 'stationary'."]
+    os.makedirs(os.path.dirname(args.out), exist_ok=True)
+    with open(args.out, "w") as fh:
+        fh.write("\n".join(lines) + "\n")
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()
