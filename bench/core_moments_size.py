@@ -1,6 +1,7 @@
 """Moments file size and estimation throughput versus latent size, structure and rank.
 
-File sizes are measured on files written by save_moments (float32 and float16 eigenvectors).
+File sizes are measured on files written by save_moments (float32 and float16 eigenvectors; the
+default, "auto", is float16 once the eigenvectors exceed 2²⁴ values).
 Throughput is latents per second through MomentAccumulator.add in float64 on random latents, measured
 past the point where the low-rank sketch starts truncating (its steady state).
 Target: a 16×128×128 (Flux) latent's moments ≤ 200 MB on disk.

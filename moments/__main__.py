@@ -105,8 +105,8 @@ def main(argv=None) -> int:
     est.add_argument("--rank", type=int, default=256, help="eigenpairs kept by 'lowrank'")
     est.add_argument("--space", choices=("raw", "model"), default="raw")
     est.add_argument("--latent-format", default="none", help="e.g. SD15, SDXL, SD3, Flux")
-    est.add_argument("--dtype", choices=("float32", "float16"), default="float32",
-                     help="storage precision of the eigenvectors")
+    est.add_argument("--dtype", choices=("auto", "float32", "float16"), default="auto",
+                     help="storage precision of the eigenvectors (auto: float16 for large ones)")
     est.add_argument("--overwrite", action="store_true")
     est.set_defaults(fn=estimate)
     inf = sub.add_parser("info", help="describe a moments file")

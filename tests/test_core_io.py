@@ -164,3 +164,13 @@ def test_channel_mismatch_names_the_model_family():
     with pytest.raises(MomentsError, match="latent channels"):
         raw.operator((16, 2, 2))
 
+
+
+def test_auto_storage_halves_only_large_eigenvectors():
+    from gaussian_teleport.moments.io import AUTO_HALF_ABOVE, storage_dtype
+
+    small = estimate_moments([correlated_latents(20, (2, 4, 4), seed=7)], "lowrank", rank=4)
+    assert storage_dtype(small) == "float32"
+    big = type(small)(torch.zeros(1, 1, AUTO_HALF_ABOVE // 2 + 1), torch.ones(2),
+                      torch.zeros(AUTO_HALF_ABOVE // 2 + 1, 2), 0.0, count=2)
+    assert storage_dtype(big) == "float16" and storage_dtype(big, "float32") == "float32"
