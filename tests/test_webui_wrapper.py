@@ -1,0 +1,258 @@
+"""The teleport samplers driven through the hosts' k-diffusion call shape by an exact Gaussian denoiser.
+
+References are computed independently with numpy: the closed-form Gaussian flow from an eigh of the
+model-space covariance (built by hand from the raw file and the published VAE scale), followed by the
+plain host sampler on the remaining sigmas.
+"""
+
+import types
+
+import numpy as np
+import pytest
+import torch
+
+from gaussian_teleport.moments import MomentsError, estimate_moments, load_moments, save_moments
+from gaussian_teleport.scheduler import get_sigmas_flow, get_sigmas_karras, respace
+from test_webui_hosts import SDModel, load_script, make_host
+
+SHAPE = (4, 2, 2)
+SCALES = {"SD15": (0.18215, 0.0), "SDXL": (0.13025, 0.0), "Flux": (0.3611, 0.1159)}
+
+
+def raw_latents(n, shape, seed):
+    gen = torch.Generator().manual_seed(seed)
+    d = int(np.prod(shape))
+    a = torch.randn(d, d, generator=gen, dtype=torch.float64) * torch.logspace(0, -1, d, dtype=torch.float64)
+    return (3.0 * torch.randn(d, generator=gen, dtype=torch.float64) + torch.randn(n, d, generator=gen,
+            dtype=torch.float64) @ a.T).reshape(n, *shape)
+
+
+def write_moments(folder, name, shape, seed=0, latent_format="none", overwrite=False):
+    moments = estimate_moments([raw_latents(300, shape, seed)], "dense", latent_format=latent_format,
+                               dtype=torch.float64)
+    folder.mkdir(parents=True, exist_ok=True)
+    return save_moments(moments, folder / name, dtype="float64", overwrite=overwrite)
+
+
+def model_space_gaussian(path, fmt):
+    """(μ, Σ) in model space from the raw file, by the explicit per-channel affine map."""
+    m = load_moments(path)
+    u, lam = m.eigvecs.double().numpy(), m.eigvals.double().numpy()
+    mean, cov = m.mean.double().flatten().numpy(), (u * lam) @ u.T
+    scale, shift = SCALES[fmt]
+    per_pixel = m.latent_shape[1] * m.latent_shape[2]
+    return scale * (mean - shift), scale * scale * cov, per_pixel
+
+
+def gaussian_flow_ref(mean, cov, x, s_from, s_to, flow):
+    """x(σ_to) from x(σ_from) by the closed form of DESIGN §1 (α = 1 − t for flow, else 1)."""
+    a0, a1 = (1 - s_from, 1 - s_to) if flow else (1.0, 1.0)
+    lam, u = np.linalg.eigh(cov)
+    lam = np.clip(lam, 0, None)
+    flat = x.reshape(x.shape[0], -1).numpy()
+    coeff = (flat - a0 * mean) @ u
+    ratio = np.sqrt((s_to**2 + a1**2 * lam) / (s_from**2 + a0**2 * lam))
+    return torch.from_numpy(a1 * mean + (coeff * ratio) @ u.T).reshape(x.shape)
+
+
+@pytest.fixture
+def sd15(monkeypatch, tmp_path):
+    host = make_host(monkeypatch, tmp_path, "a1111")
+    folder = tmp_path / "models" / "moments"
+    path = write_moments(folder, "sd15.safetensors", SHAPE)
+    mean, cov, _ = model_space_gaussian(path, "SD15")
+    model = SDModel(mean=mean, cov=cov, flow=False, is_sdxl=False, is_sd3=False)
+    load_script()
+    return host, model
+
+
+def processing(enabled=True, moments="sd15.safetensors", kind="sigma", value=5.0, mode="save", **attrs):
+    from gaussian_teleport.webui import attach
+    fields = dict(extra_generation_params={}, is_hr_pass=False, s_churn=0.0, s_tmin=0.0, s_tmax=float("inf"),
+                  s_noise=1.0)
+    p = types.SimpleNamespace(**{**fields, **attrs})
+    attach(p, enabled, moments, kind, value, mode)
+    return p
+
+
+def run(host, model, name, p, noise, sigmas):
+    sampler = host.sd_samplers.create_sampler(name, model)
+    out = sampler.sample(p, noise, sigmas)
+    return out, sampler
+
+
+def noise_like(shape, seed=1, batch=3):
+    return torch.randn((batch, *shape), generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+
+
+SD_SIGMAS = get_sigmas_karras(10, 0.0292, 14.6146).double()
+
+
+@pytest.mark.parametrize("base", ["Euler", "Heun", "DPM++ 2M"])
+def test_jump_then_host_sampler_matches_reference(sd15, base):
+    host, model = sd15
+    noise = noise_like(SHAPE)
+    p = processing()
+    out, sampler = run(host, model, base + " Teleport", p, noise, SD_SIGMAS)
+    k = int((SD_SIGMAS[:-1] > 5.0).sum())
+    assert k >= 2
+    x_k = gaussian_flow_ref(model.mean, model.cov, noise * SD_SIGMAS[0], float(SD_SIGMAS[0]), float(SD_SIGMAS[k]),
+                            flow=False)
+    plain = host.sd_samplers.create_sampler(base, model)
+    plain_fn = plain.func
+    reference = plain_fn(model.make_denoiser(), x_k, SD_SIGMAS[k:], extra_args={
+        "cond": 0, "uncond": 0, "cond_scale": 7.0, "image_cond": None, "s_min_uncond": 0.0})
+    torch.testing.assert_close(out, reference, rtol=1e-9, atol=1e-9)
+
+    # Step counters: every call sees the counter value the plain sampler has at that sigma.
+    full = host.sd_samplers.create_sampler(base, model)
+    full.sample(processing(), noise, SD_SIGMAS)
+    seen = {}
+    for step, sigma in full.model_wrap_cfg.calls:
+        seen.setdefault(round(sigma, 10), []).append(step)
+    for step, sigma in sampler.model_wrap_cfg.calls:
+        assert step in seen[round(sigma, 10)], (step, sigma)
+    assert sampler.model_wrap_cfg.step == full.model_wrap_cfg.step
+    assert sampler.last_states[-1] == full.last_states[-1] == len(SD_SIGMAS) - 2
+
+    params = p.extra_generation_params
+    assert params["Teleport"] == "sigma:5" and params["Teleport moments"] == "sd15.safetensors"
+    assert f"{k} step(s) replaced" in params["Teleport result"] and "Teleport mode" not in params
+
+
+def test_host_options_are_passed_through(sd15, monkeypatch):
+    host, model = sd15
+    seen = {}
+    sampling = host.sd_samplers_kdiffusion.k_diffusion.sampling
+    original = sampling.sample_euler
+
+    def sample_euler(model, x, sigmas, extra_args=None, callback=None, disable=None, s_churn=0., s_tmin=0.,
+                     s_tmax=float("inf"), s_noise=1.):
+        seen.update(s_churn=s_churn, s_tmin=s_tmin, s_tmax=s_tmax, s_noise=s_noise, steps=len(sigmas) - 1)
+        return original(model, x, sigmas, extra_args, callback, disable, s_churn, s_tmin, s_tmax, s_noise)
+
+    monkeypatch.setattr(sampling, "sample_euler", sample_euler)
+    p = processing(kind="steps", value=3)
+    p.s_tmin = 0.25
+    run(host, model, "Euler Teleport", p, noise_like(SHAPE), SD_SIGMAS)
+    assert seen == {"s_churn": 0.0, "s_tmin": 0.25, "s_tmax": float("inf"), "s_noise": 1.0, "steps": 7}
+
+
+def test_switch_off_runs_the_plain_sampler_bit_for_bit(sd15):
+    host, model = sd15
+    noise = noise_like(SHAPE)
+    p = processing(enabled=False, moments="None")
+    out, _ = run(host, model, "Heun Teleport", p, noise, SD_SIGMAS)
+    plain, _ = run(host, model, "Heun", processing(), noise, SD_SIGMAS)
+    assert torch.equal(out, plain)
+    assert p.extra_generation_params == {"Teleport": "off", "Teleport result": "off"}
+
+
+@pytest.mark.parametrize("hires", [False, True])
+def test_schedule_starting_below_the_handoff_does_not_jump(sd15, hires):
+    """img2img, hires fix and detailers start part-way down the schedule: no jump, recorded as such."""
+    host, model = sd15
+    sigmas = SD_SIGMAS[4:]
+    assert float(sigmas[0]) < 5.0
+    noise = noise_like(SHAPE)
+    p = processing(is_hr_pass=hires)
+    out, _ = run(host, model, "DPM++ 2M Teleport", p, noise, sigmas)
+    plain, _ = run(host, model, "DPM++ 2M", processing(), noise, sigmas)
+    assert torch.equal(out, plain)
+    key = "Hires teleport result" if hires else "Teleport result"
+    assert p.extra_generation_params[key].startswith("no jump (hand-off σ 5 ≥ schedule start σ")
+
+
+def test_inpainting_mask_disables_the_jump(sd15):
+    host, model = sd15
+    noise = noise_like(SHAPE)
+    p = processing(mask=torch.ones(1, 2, 2))
+    out, _ = run(host, model, "Euler Teleport", p, noise, SD_SIGMAS)
+    plain, _ = run(host, model, "Euler", processing(mask=torch.ones(1, 2, 2)), noise, SD_SIGMAS)
+    assert torch.equal(out, plain)
+    assert "inpainting mask" in p.extra_generation_params["Teleport result"]
+
+
+def test_same_budget_mode_keeps_the_call_count(sd15):
+    host, model = sd15
+    noise = noise_like(SHAPE)
+    p = processing(mode="same_budget")
+    out, sampler = run(host, model, "Euler Teleport", p, noise, SD_SIGMAS)
+    rest = respace(SD_SIGMAS, 5.0, len(SD_SIGMAS) - 1)
+    x_k = gaussian_flow_ref(model.mean, model.cov, noise * SD_SIGMAS[0], float(SD_SIGMAS[0]), 5.0, flow=False)
+    reference = host.sd_samplers_kdiffusion.k_diffusion.sampling.sample_euler(
+        model.make_denoiser(), x_k, rest, extra_args={"cond": 0, "uncond": 0, "cond_scale": 7.0,
+                                                      "image_cond": None, "s_min_uncond": 0.0})
+    torch.testing.assert_close(out, reference, rtol=1e-9, atol=1e-9)
+    assert sampler.model_wrap_cfg.step == len(SD_SIGMAS) - 1
+    assert p.extra_generation_params["Teleport mode"] == "same_budget"
+
+
+def test_errors_name_the_problem(sd15, tmp_path):
+    host, model = sd15
+    noise = noise_like(SHAPE)
+    with pytest.raises(MomentsError, match="no moments file is chosen"):
+        run(host, model, "Euler Teleport", processing(moments="None"), noise, SD_SIGMAS)
+    with pytest.raises(MomentsError, match="was not found"):
+        run(host, model, "Euler Teleport", processing(moments="gone.safetensors"), noise, SD_SIGMAS)
+    with pytest.raises(MomentsError, match="outside"):
+        run(host, model, "Euler Teleport", processing(moments="../escape.safetensors"), noise, SD_SIGMAS)
+    write_moments(tmp_path / "models" / "moments", "xl.safetensors", SHAPE, latent_format="SDXL")
+    with pytest.raises(MomentsError, match="made for SDXL latents"):
+        run(host, model, "Euler Teleport", processing(moments="xl.safetensors"), noise, SD_SIGMAS)
+
+
+def test_sdxl_uses_its_own_scale(monkeypatch, tmp_path):
+    host = make_host(monkeypatch, tmp_path, "a1111")
+    path = write_moments(tmp_path / "models" / "moments", "sdxl.safetensors", SHAPE, seed=3)
+    mean, cov, _ = model_space_gaussian(path, "SDXL")
+    model = SDModel(mean=mean, cov=cov, flow=False, is_sdxl=True, is_sd3=False)
+    load_script()
+    noise = noise_like(SHAPE)
+    out, _ = run(host, model, "Euler Teleport", processing(moments="sdxl.safetensors", kind="steps", value=3),
+                 noise, SD_SIGMAS)
+    x_k = gaussian_flow_ref(mean, cov, noise * SD_SIGMAS[0], float(SD_SIGMAS[0]), float(SD_SIGMAS[3]), flow=False)
+    reference = host.sd_samplers_kdiffusion.k_diffusion.sampling.sample_euler(
+        model.make_denoiser(), x_k, SD_SIGMAS[3:], extra_args={"cond": 0, "uncond": 0, "cond_scale": 7.0,
+                                                               "image_cond": None, "s_min_uncond": 0.0})
+    torch.testing.assert_close(out, reference, rtol=1e-9, atol=1e-9)
+
+
+class Flux(SDModel):
+    """Forge's Flux engine carries no is_* flag; its class name identifies it."""
+
+
+def test_forge_flow_model_jumps_in_flow_form(monkeypatch, tmp_path):
+    host = make_host(monkeypatch, tmp_path, "forge")
+    shape = (16, 1, 1)
+    path = write_moments(tmp_path / "models" / "moments", "flux.safetensors", shape, seed=5)
+    mean, cov, _ = model_space_gaussian(path, "Flux")
+    model = Flux(mean=mean, cov=cov, flow=True, is_sdxl=False, is_sd3=False)
+    load_script()
+    sigmas = get_sigmas_flow(12, 3.0).double()
+    noise = noise_like(shape)
+    p = processing(moments="flux.safetensors")           # sigma:5 in VE units → t = 5/6
+    out, sampler = run(host, model, "Euler Teleport", p, noise, sigmas)
+    t_to = 5.0 / 6.0
+    k = int((sigmas[:-1] > t_to).sum())
+    assert k >= 3
+    x_k = gaussian_flow_ref(mean, cov, noise * sigmas[0], float(sigmas[0]), float(sigmas[k]), flow=True)
+    reference = host.sd_samplers_kdiffusion.k_diffusion.sampling.sample_euler(
+        model.make_denoiser(), x_k, sigmas[k:], extra_args={"cond": 0, "uncond": 0, "cond_scale": 7.0,
+                                                            "image_cond": None, "s_min_uncond": 0.0})
+    torch.testing.assert_close(out, reference, rtol=1e-9, atol=1e-9)
+    assert sampler.model_wrap_cfg.step == len(sigmas) - 1
+    assert f"{k} step(s) replaced" in p.extra_generation_params["Teleport result"]
+
+
+def test_moments_cache_reloads_a_changed_file(tmp_path):
+    from gaussian_teleport.webui import MomentsCache
+    folder = tmp_path / "m"
+    path = write_moments(folder, "a.safetensors", SHAPE, seed=0)
+    cache = MomentsCache()
+    first = cache.get(path, "SD15")
+    assert cache.get(path, "SD15") is first
+    write_moments(folder, "a.safetensors", SHAPE, seed=9, overwrite=True)
+    second = cache.get(path, "SD15")
+    assert second is not first and not torch.allclose(second.mean, first.mean)
+    assert MomentsCache().get(path, "SD15", keep=False) is not MomentsCache().get(path, "SD15", keep=False)
