@@ -15,7 +15,6 @@ Everything here is host-free; ComfyUI's Calibrate Teleport node is a thin adapte
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 
 import torch
@@ -91,17 +90,6 @@ def recommend_handoff(sigmas, explained, threshold: float = 0.99):
     return best
 
 
-def probe_sigmas(sigmas: torch.Tensor, points: int) -> torch.Tensor:
-    """``points`` sigmas of a schedule, evenly spread over its steps (always with the first), σ > 0 only."""
-    pos = sigmas[sigmas > 0]
-    if points < 2:
-        raise ValueError(f"probe at least 2 sigmas, got {points}")
-    if len(pos) <= points:
-        return pos
-    idx = torch.linspace(0, len(pos) - 1, points).round().long().unique()
-    return pos[idx]
-
-
 @torch.no_grad()
 def sample_calibrate(model, x, sigmas, extra_args=None, callback=None, disable=None, *,
                      moments: GaussianMoments, parameterization: str = "ve", record: Calibration):
@@ -112,7 +100,7 @@ def sample_calibrate(model, x, sigmas, extra_args=None, callback=None, disable=N
     """
     extra_args = {} if extra_args is None else extra_args
     s_in = x.new_ones([x.shape[0]])
-    op = moments.operator(x.shape[1:], device=x.device, dtype=compute_dtype(x))
+    op = moments.operator(x.shape[1:], device=x.device, dtype=compute_dtype(moments))
     for i in range(len(sigmas) - 1):
         sigma = float(sigmas[i])
         denoised = model(x, sigmas[i] * s_in, **extra_args)
@@ -137,6 +125,3 @@ def calibration_summary(cal: Calibration, threshold: float) -> tuple[float | Non
                    f"at every higher probed σ; {cal.samples} noise sample(s))")
     return best, cal.table() + "\n" + verdict
 
-
-def finite_or(value: float | None, fallback: float) -> float:
-    return fallback if value is None or not math.isfinite(value) else value
