@@ -113,7 +113,7 @@ def main():
         f"{torch.get_num_threads()} CPU thread(s), torch {torch.__version__}; median of {args.repeats}.",
         f"One UNet call ({'tiny test config' if args.quick else 'SD1.5 config, random weights'}, batch 1, "
         f"{unet_cfg['sample_size']}×{unet_cfg['sample_size']} latent): **{unet_s * 1e3:.0f} ms**.",
-        "The jump runs in float64 on CPU (the sampler's CPU precision); its time includes moving the moments "
+        "The jump computes in the moments' precision (float32 here); its time includes moving the moments "
         "into the operator, as every sampler call does.",
         "",
         "| latent | size | structure | rank | jump (ms) | % of one UNet call |",
