@@ -1,0 +1,8 @@
+"""Speed/quality benchmark of teleport on the reference models: ``python -m gaussian_teleport.bench.run``.
+
+Needs scikit-learn (the data sets) and matplotlib (the plots) besides the core's torch and numpy.
+"""
+
+if "." not in __name__:  # found as a top-level module on a host's sys.path: not ours (see _isolation.py)
+    import os as _os, runpy as _runpy
+    _runpy.run_path(_os.path.join(_os.path.dirname(__file__), _os.pardir, "_isolation.py"))["defer"](globals())

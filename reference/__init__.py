@@ -1,0 +1,73 @@
+"""Small reference diffusion models trained by the project, shipped with their Gaussian moments.
+
+``load_reference("digits")`` returns the model (a k-diffusion denoiser), its moments in the
+sampler's space and the training record. Shipped models:
+
+- ``digits``: class-conditional (10 classes + a null class for CFG), 8×8 grayscale digits.
+- ``patches``: unconditional, 8×8 RGB patches of natural photographs.
+
+Loading needs torch and safetensors only; training and the data sets need scikit-learn.
+"""
+
+from __future__ import annotations
+
+if "." not in __name__:  # found as a top-level module on a host's sys.path: not ours (see _isolation.py)
+    import os as _os, runpy as _runpy
+    _runpy.run_path(_os.path.join(_os.path.dirname(__file__), _os.pardir, "_isolation.py"))["defer"](globals())
+
+import json
+import os
+from dataclasses import dataclass
+
+from .model import EDMDenoiser, GuidedDenoiser, ModelConfig, load_model, save_model
+
+WEIGHTS_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "weights")
+REFERENCE_MODELS = ("digits", "patches")
+DEFAULT_MODEL = "digits"
+
+
+@dataclass
+class ReferenceModel:
+    name: str
+    model: EDMDenoiser
+    moments: object            # GaussianMoments in the sampler's space
+    record: dict               # training command, data, seed, steps, time
+
+    @property
+    def sigma_data(self) -> float:
+        return self.model.cfg.sigma_data
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        c = self.model.cfg
+        return (c.channels, c.size, c.size)
+
+
+def reference_paths(name_or_path: str) -> tuple[str, str, str]:
+    """(weights, moments, record) paths of a shipped model name or of a ``<stem>.safetensors`` path."""
+    if name_or_path in REFERENCE_MODELS:
+        stem = os.path.join(WEIGHTS_DIR, name_or_path)
+    elif name_or_path.endswith(".safetensors"):
+        stem = name_or_path[: -len(".safetensors")]
+    else:
+        raise ValueError(f"unknown reference model {name_or_path!r}; choose one of {REFERENCE_MODELS} "
+                         "or give the path of a weights file written by gaussian_teleport.reference.train")
+    return stem + ".safetensors", stem + ".moments.safetensors", stem + ".json"
+
+
+def load_reference(name_or_path: str = DEFAULT_MODEL, device="cpu") -> ReferenceModel:
+    from ..moments import load_moments
+
+    weights, moments_path, record_path = reference_paths(name_or_path)
+    model = load_model(weights, device=device)
+    moments = load_moments(moments_path)
+    record = {}
+    if os.path.isfile(record_path):
+        with open(record_path, encoding="utf-8") as f:
+            record = json.load(f)
+    name = name_or_path if name_or_path in REFERENCE_MODELS else os.path.basename(weights)
+    return ReferenceModel(name, model, moments, record)
+
+
+__all__ = ["EDMDenoiser", "GuidedDenoiser", "ModelConfig", "load_model", "save_model", "WEIGHTS_DIR",
+           "REFERENCE_MODELS", "DEFAULT_MODEL", "ReferenceModel", "reference_paths", "load_reference"]
