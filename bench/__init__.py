@@ -6,3 +6,13 @@ Needs scikit-learn (the data sets) and matplotlib (the plots) besides the core's
 if "." not in __name__:  # found as a top-level module on a host's sys.path: not ours (see _isolation.py)
     import os as _os, runpy as _runpy
     _runpy.run_path(_os.path.join(_os.path.dirname(__file__), _os.pardir, "_isolation.py"))["defer"](globals())
+
+
+def write_markdown(path: str, lines: list[str]) -> None:
+    """Write a report's lines to ``path`` (creating its folder) and say where."""
+    import os
+
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    with open(path, "w", encoding="utf-8") as fh:
+        fh.write("\n".join(lines) + "\n")
+    print(f"wrote {path}")

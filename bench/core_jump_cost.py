@@ -19,6 +19,7 @@ import time
 
 import torch
 
+from gaussian_teleport.bench import write_markdown
 from gaussian_teleport.moments import LowRankMoments, StationaryMoments, DenseMoments
 from gaussian_teleport.scheduler import teleport_jump
 
@@ -123,10 +124,7 @@ def main():
     if not args.quick:
         lines += ["", "Dense moments are benchmarked only where D×D fits: SDXL needs 16 GiB and Flux 256 GiB "
                       "(fp32) for the eigenvectors alone."]
-    os.makedirs(os.path.dirname(args.out), exist_ok=True)
-    with open(args.out, "w") as fh:
-        fh.write("\n".join(lines) + "\n")
-    print(f"wrote {args.out}")
+    write_markdown(args.out, lines)
 
 
 if __name__ == "__main__":

@@ -19,6 +19,7 @@ import time
 
 import torch
 
+from gaussian_teleport.bench import write_markdown
 from gaussian_teleport.moments import MomentAccumulator, save_moments
 from gaussian_teleport.moments.estimate import default_sketch
 
@@ -80,10 +81,7 @@ def main():
     if not args.quick:
         lines += ["", "Dense moments of SD1.5 latents would take 1.07 GB (D² fp32 values); SDXL 17 GB; Flux 275 GB: "
                       "the estimator refuses dense above D = 4096 and points to 'lowrank' or 'stationary'."]
-    os.makedirs(os.path.dirname(args.out), exist_ok=True)
-    with open(args.out, "w") as fh:
-        fh.write("\n".join(lines) + "\n")
-    print(f"wrote {args.out}")
+    write_markdown(args.out, lines)
 
 
 if __name__ == "__main__":
