@@ -23,9 +23,9 @@ from .scheduler import (SAMPLERS, Handoff, get_sigmas_edm, get_sigmas_sd_karras,
 SCHEDULES = ("edm", "sd")
 DEFAULT_STEPS = {"euler": 20, "heun": 18, "dpmpp_2m": 20}
 # The default hand-off σ, in units of the data's largest standard deviation √λ_max. In the benchmark
-# (docs/benchmarks.md) quality broke once the sampler took over below about 1.2–1.7·√λ_max, whatever
-# σ_data was: the direction of largest variance is the last to look Gaussian. 3·√λ_max kept every
-# FD within 2% on both reference models and both schedules.
+# (README, "The benchmark") the safe hand-off differed between the models in both σ_data and √λ_max
+# units (digits broke below 1.6–1.8·√λ_max, patches below 0.5–0.9·√λ_max); 3·√λ_max stays above both
+# and kept every FD within the strict tolerance on both reference models and both schedules.
 DEFAULT_HANDOFF_SQRT_LAMBDA = 3.0
 
 
