@@ -185,7 +185,8 @@ SPECS = (
             In("FLOAT", "threshold", "Minimum score explained variance (1 − ‖D_model − D_gauss‖² / spread of "
                "D_model − x over the samples, the paper's figure; not the denoiser-output EV, which is misleading "
                "at high sigma). The recommended hand-off is the lowest sigma at which it holds at every higher "
-               "probed sigma.", default=0.99, min=0.5, max=1.0, step=0.001),
+               "probed sigma. A starting point, not a guarantee: if teleported images differ from plain ones at the same "
+               "seed, raise it (0.999) or the hand-off.", default=0.99, min=0.5, max=1.0, step=0.001),
         ),
         (
             Out("IMAGE", "plot", "Explained variance against sigma (blue: score EV, used; grey: denoiser EV)."),
