@@ -14,11 +14,6 @@ import torch
 from .structures import GaussianOperator
 
 
-def flow_alpha(sigma: float) -> float:
-    """α of a rectified-flow path x = (1 − t)·x0 + t·ε at σ = t."""
-    return 1.0 - float(sigma)
-
-
 def x0_spectrum(sigma: float, alpha: float):
     """λ ↦ αλ / (α²λ + σ²): the Gaussian denoiser's gain along an eigendirection of variance λ."""
     sigma, alpha = float(sigma), float(alpha)
@@ -56,7 +51,3 @@ def gaussian_flow_and_x0(op: GaussianOperator, x: torch.Tensor, sigma_from: floa
     moved, x0 = op.apply_many(x - float(alpha_from) * op.mean, [ratio, x0_spectrum(sigma_from, alpha_from)])
     return float(alpha_to) * op.mean + moved, op.mean + x0
 
-
-def gaussian_eps(op: GaussianOperator, x: torch.Tensor, sigma: float, alpha: float = 1.0) -> torch.Tensor:
-    """E[ε | x] = (x − α·E[x0 | x]) / σ."""
-    return (x - alpha * gaussian_x0(op, x, sigma, alpha)) / float(sigma)

@@ -353,19 +353,6 @@ def resample_mean(mean: torch.Tensor, size) -> torch.Tensor:
                                            antialias=shrink)[0]
 
 
-def expected_stored_bytes(structure: str, shape, rank: int, bytes_per_value: int = 4) -> int:
-    """Size of a moments file's tensors, for planning (metadata and header excluded)."""
-    c, h, w = shape
-    d = c * h * w
-    if structure == "dense":
-        return (d * d + 2 * d) * bytes_per_value
-    if structure == "lowrank":
-        return (d * rank + rank + d + 1) * bytes_per_value
-    if structure == "stationary":
-        return (h * w * c * c * 2 + h * w * c + d) * bytes_per_value
-    raise MomentsError(f"unknown structure {structure!r}; choose one of {STRUCTURES}")
-
-
 def orthonormality_error(q: torch.Tensor) -> float:
     """Largest deviation of QᴴQ from the identity (batched over leading dims)."""
     q = q.to(torch.complex128 if q.is_complex() else torch.float64)
@@ -375,5 +362,4 @@ def orthonormality_error(q: torch.Tensor) -> float:
 
 
 __all__ = ["GaussianMoments", "LowRankMoments", "DenseMoments", "StationaryMoments", "GaussianOperator",
-           "MomentsError", "STRUCTURES", "SPACES", "resample_spectrum", "resample_mean",
-           "expected_stored_bytes"]
+           "MomentsError", "STRUCTURES", "SPACES", "resample_spectrum", "resample_mean"]

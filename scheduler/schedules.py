@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import math
-
 import torch
 
 
@@ -29,30 +27,12 @@ def get_sigmas_sd_karras(n: int, sigma_data: float = 1.0) -> torch.Tensor:
     return get_sigmas_karras(n, SD_SIGMA_MIN * sigma_data, SD_SIGMA_MAX * sigma_data)
 
 
-def get_sigmas_sd_normal(n: int, sigma_data: float = 1.0) -> torch.Tensor:
-    """Stable Diffusion's "normal" schedule: timesteps evenly spaced over the scaled-linear VP betas."""
-    betas = torch.linspace(0.00085 ** 0.5, 0.012 ** 0.5, 1000, dtype=torch.float64) ** 2
-    alphas_cumprod = torch.cumprod(1 - betas, 0)
-    table = ((1 - alphas_cumprod) / alphas_cumprod).sqrt()
-    t = torch.linspace(999, 0, n, dtype=torch.float64)
-    lo = t.floor().long()
-    hi = t.ceil().long()
-    w = t - lo
-    log_sigma = (1 - w) * table[lo].log() + w * table[hi].log()
-    return torch.cat([log_sigma.exp() * sigma_data, log_sigma.new_zeros(1)])
-
-
 def get_sigmas_flow(n: int, shift: float = 3.0) -> torch.Tensor:
     """Rectified-flow times t from 1 to 0 with SD3/Flux's shift t' = s·t / (1 + (s − 1)·t)."""
     t = torch.linspace(1, 0, n + 1, dtype=torch.float64)
     return shift * t / (1 + (shift - 1) * t)
 
 
-def flow_to_ve_sigma(t):
-    """A flow time t (x = (1−t)x0 + tε) as a VE noise level σ = t / (1 − t)."""
-    return t / (1 - t) if not isinstance(t, float) else (math.inf if t >= 1 else t / (1 - t))
-
-
 def ve_to_flow_sigma(sigma):
-    """The inverse of flow_to_ve_sigma: t = σ / (1 + σ)."""
+    """A VE noise level σ as a rectified-flow time: t = σ / (1 + σ), where x/(1 − t) = x0 + σε."""
     return sigma / (1 + sigma)
