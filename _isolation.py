@@ -85,6 +85,11 @@ def load_package(root: str):
         return sys.modules[name]
     spec = importlib.util.spec_from_file_location(name, os.path.join(root, "__init__.py"),
                                                   submodule_search_locations=[root])
+    return _exec_registered(spec, name)
+
+
+def _exec_registered(spec, name: str):
+    """Create the module of ``spec``, register it as ``name`` and run it; unregister it if it fails."""
     module = importlib.util.module_from_spec(spec)
     sys.modules[name] = module
     try:
@@ -108,13 +113,7 @@ def defer(module_globals: dict) -> None:
     if spec is None:
         raise ModuleNotFoundError(f"No module named {name!r} (the {name}/ folder of the Gaussian Teleport "
                                   "extension is not a top-level module)", name=name)
-    other = importlib.util.module_from_spec(spec)
-    sys.modules[name] = other
-    try:
-        spec.loader.exec_module(other)
-    except BaseException:
-        sys.modules.pop(name, None)
-        raise
+    other = _exec_registered(spec, name)
     root = os.path.dirname(os.path.dirname(os.path.abspath(module_globals["__file__"])))
     ours = importlib.import_module(f"{load_package(root).__name__}.{name}")
     module_globals["__package__"] = ours.__name__

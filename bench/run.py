@@ -167,22 +167,25 @@ def group(rows, sampler, schedule, steps):
     return [r for r in rows if (r["sampler"], r["schedule"], r["steps"]) == (sampler, schedule, steps)]
 
 
+def measured_groups(rows, steps_of):
+    """(schedule, sampler, its rows at steps_of[sampler], the plain run) for every configuration measured."""
+    for schedule in dict.fromkeys(r["schedule"] for r in rows):
+        for sampler in dict.fromkeys(r["sampler"] for r in rows):
+            g = group(rows, sampler, schedule, steps_of[sampler])
+            if g:
+                yield schedule, sampler, g, next(r for r in g if r["mode"] == "plain")
+
+
 def bottom_line(result) -> list[dict]:
     """(c) Per sampler and schedule: the largest save-mode skip with every smaller skip within noise."""
     out = []
-    rows = result["rows"]
-    for schedule in dict.fromkeys(r["schedule"] for r in rows):
-        for sampler in dict.fromkeys(r["sampler"] for r in rows):
-            g = group(rows, sampler, schedule, STEPS[sampler])
-            if not g:
-                continue
-            base = next(r for r in g if r["mode"] == "plain")
-            best = largest_saving(g, base, within_noise)
-            strict = largest_saving(g, base, undetectable)
-            budget = [r for r in g if r["mode"] == "same_budget"]
-            top = min(budget, key=lambda r: mean(r["fd"])) if budget else None
-            out.append({"model": result["model"], "sampler": sampler, "schedule": schedule, "base": base,
-                        "best": best, "strict": strict, "same_budget": top})
+    for schedule, sampler, g, base in measured_groups(result["rows"], STEPS):
+        best = largest_saving(g, base, within_noise)
+        strict = largest_saving(g, base, undetectable)
+        budget = [r for r in g if r["mode"] == "same_budget"]
+        top = min(budget, key=lambda r: mean(r["fd"])) if budget else None
+        out.append({"model": result["model"], "sampler": sampler, "schedule": schedule, "base": base,
+                    "best": best, "strict": strict, "same_budget": top})
     return out
 
 
@@ -238,19 +241,13 @@ def summary_lines(results) -> list[list]:
 def low_budget_lines(results) -> list[list]:
     lines = []
     for result in results:
-        rows = result["rows"]
-        for schedule in dict.fromkeys(r["schedule"] for r in rows):
-            for sampler in dict.fromkeys(r["sampler"] for r in rows):
-                g = group(rows, sampler, schedule, LOW_STEPS[sampler])
-                if not g:
-                    continue
-                base = next(r for r in g if r["mode"] == "plain")
-                for r in (r for r in g if r["mode"] == "same_budget"):
-                    delta = [a - c for a, c in zip(r["fd"], base["fd"])]
-                    lines.append([result["model"], sampler, schedule, base["calls"], pm(base["fd"]),
-                                  f"{r['handoff_sigma_data']:.3g}", pm(r["fd"]), pm(delta),
-                                  "better" if mean(delta) < -std(base["fd"]) else
-                                  ("worse" if mean(delta) > std(base["fd"]) else "same")])
+        for schedule, sampler, g, base in measured_groups(result["rows"], LOW_STEPS):
+            for r in (r for r in g if r["mode"] == "same_budget"):
+                delta = [a - c for a, c in zip(r["fd"], base["fd"])]
+                lines.append([result["model"], sampler, schedule, base["calls"], pm(base["fd"]),
+                              f"{r['handoff_sigma_data']:.3g}", pm(r["fd"]), pm(delta),
+                              "better" if mean(delta) < -std(base["fd"]) else
+                              ("worse" if mean(delta) > std(base["fd"]) else "same")])
     return lines
 
 
