@@ -1,12 +1,11 @@
 """Gaussian Teleport: replace the first, high-noise sampling steps with one closed-form jump.
 
-This file is ComfyUI's entry point for the package. Importing it needs no host: the ComfyUI nodes
-are imported only when ComfyUI asks for them through ``comfy_entrypoint`` (V3 API). On an older
-ComfyUI without the V3 API, classic NODE_CLASS_MAPPINGS are provided instead; elsewhere they are None,
-which ComfyUI's loader reads as "use comfy_entrypoint".
+This file is ComfyUI's entry point for the package. Importing it needs no host: the nodes are
+imported only when ComfyUI asks for them through ``comfy_entrypoint`` (V3 node API). On a ComfyUI
+too old for that API the mappings are empty and the log says what to update.
 """
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 
 async def comfy_entrypoint():
@@ -15,10 +14,20 @@ async def comfy_entrypoint():
     return await entry()
 
 
-def _classic_mappings():
-    from .nodes import classic_mappings
+def __getattr__(name):
+    # ``gaussian_teleport.MomentsError``: the name errors are shown under (see moments/base.py), importable
+    # without importing torch at package import.
+    if name == "MomentsError":
+        from .moments.base import MomentsError
+        return MomentsError
+    raise AttributeError(name)
 
-    return classic_mappings() or (None, None)
+
+def _old_host_mappings():
+    from .nodes import old_host_mappings
+
+    return old_host_mappings()
 
 
-NODE_CLASS_MAPPINGS, NODE_DISPLAY_NAME_MAPPINGS = _classic_mappings()
+NODE_CLASS_MAPPINGS = _old_host_mappings()
+NODE_DISPLAY_NAME_MAPPINGS = None if NODE_CLASS_MAPPINGS is None else {}

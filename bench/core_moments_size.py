@@ -21,7 +21,7 @@ import torch
 
 from gaussian_teleport.bench import write_markdown
 from gaussian_teleport.moments import MomentAccumulator, save_moments
-from gaussian_teleport.moments.estimate import default_sketch
+from gaussian_teleport.moments.eigen import default_sketch
 
 SIZES = {"SD1.5": (4, 64, 64), "SDXL": (4, 128, 128), "Flux": (16, 128, 128)}
 

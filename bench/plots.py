@@ -42,7 +42,8 @@ def _mean_std(v):
 
 
 def plot_quality(result, path):
-    """FD against model calls, one panel per schedule × sampler: plain, save curve, same budget."""
+    """FD against model calls, one panel per schedule × sampler: plain, and per teleport variant its save curve
+    (dots) and same-budget runs (triangles)."""
     plt = _pyplot()
     rows = result["rows"]
     schedules = list(dict.fromkeys(r["schedule"] for r in rows))
@@ -54,16 +55,19 @@ def plot_quality(result, path):
         for j, sampler in enumerate(samplers):
             ax = axes[i][j]
             g = [r for r in rows if r["schedule"] == schedule and r["sampler"] == sampler]
-            for mode, style in (("plain", dict(marker="*", ms=11, ls="none", color="k")),
-                                ("save", dict(marker="o", ms=4, color="C0")),
-                                ("same_budget", dict(marker="^", ms=6, ls="none", color="C3"))):
-                for steps in sorted({r["steps"] for r in g}):
-                    pts = sorted((r for r in g if r["mode"] == mode and r["steps"] == steps), key=lambda r: r["calls"])
-                    if not pts:
-                        continue
-                    ms = [_mean_std(r["fd"]) for r in pts]
-                    ax.errorbar([r["calls"] for r in pts], [m for m, _ in ms], yerr=[s for _, s in ms],
-                                label=mode if steps == max(r["steps"] for r in g) else None, capsize=2, **style)
+            styles = [("plain", "plain", dict(marker="*", ms=11, ls="none", color="k"))]
+            for n, variant in enumerate(v for v in dict.fromkeys(r["variant"] for r in g) if v != "plain"):
+                styles += [(variant, "save", dict(marker="o", ms=4, color=f"C{n}")),
+                           (variant, "same_budget", dict(marker="^", ms=6, ls="none", color=f"C{n}"))]
+            top = max(r["steps"] for r in g)
+            for variant, mode, style in styles:
+                pts = sorted((r for r in g if r["mode"] == mode and r["variant"] == variant and r["steps"] == top),
+                             key=lambda r: r["calls"])
+                if not pts:
+                    continue
+                ms = [_mean_std(r["fd"]) for r in pts]
+                ax.errorbar([r["calls"] for r in pts], [m for m, _ in ms], yerr=[s for _, s in ms],
+                            label=variant if mode != "same_budget" else None, capsize=2, **style)
             ax.axhspan(floor - floor_sd, floor + floor_sd, color="gray", alpha=0.2)
             ax.axhline(floor, color="gray", lw=1, ls="--", label="real-vs-real floor")
             ax.set(title=f"{result['model']}: {sampler}, {schedule} schedule", xlabel="model calls", ylabel="FD")

@@ -1,19 +1,29 @@
-"""Gaussian moments: structures, estimation, files, latent-format conversion and Gaussian math."""
+"""Gaussian moments: structures, estimation (from latents, images or the model itself), files,
+latent-format conversion and Gaussian math."""
 
 if "." not in __name__:  # found as a top-level module on a host's sys.path: not ours (see _isolation.py)
     import os as _os, runpy as _runpy
     _runpy.run_path(_os.path.join(_os.path.dirname(__file__), _os.pardir, "_isolation.py"))["defer"](globals())
 
-from .estimate import DENSE_MAX_DIM, MomentAccumulator, estimate_moments
-from .gaussian import gaussian_flow, gaussian_flow_and_x0, gaussian_x0
-from .io import load_moments, moments_from_tensors, read_header, save_moments
-from .latent_formats import LATENT_FORMATS, LatentFormat, to_model_space, to_model_space_named
-from .structures import (STRUCTURES, DenseMoments, GaussianMoments, GaussianOperator, LowRankMoments,
-                         MomentsError, StationaryMoments)
+from .base import DEFAULT_RANK, GaussianMoments, GaussianOperator, MomentAccumulator, MomentsError, structures
+from .eigen import DENSE_MAX_DIM, DenseMoments, LowRankMoments
+from .stationary import StationaryMoments
+from .estimate import estimate_moments, estimate_moments_from_images, fit_images, start_accumulator, target_size
+from .from_model import estimate_moments_from_model
+from .files import (EXTENSION, MOMENTS_FOLDER, MomentsFiles, is_moments_file, list_moments_files, load_moments,
+                    moments_from_tensors, moments_save_path, path_inside, read_header, save_moments)
+from .gaussian import gaussian_flow, gaussian_trajectory, gaussian_x0, model_implied_mean, variance_from_gain
+from .latent_formats import LATENT_FORMATS, NO_FORMAT, LatentFormat, find_latent_format, to_model_space, to_model_space_named
+
+STRUCTURES = structures()
 
 __all__ = [
-    "DENSE_MAX_DIM", "MomentAccumulator", "estimate_moments", "gaussian_flow",
-    "gaussian_flow_and_x0", "gaussian_x0", "load_moments", "moments_from_tensors", "read_header", "save_moments", "LATENT_FORMATS",
-    "LatentFormat", "to_model_space", "to_model_space_named", "STRUCTURES", "DenseMoments", "GaussianMoments",
-    "GaussianOperator", "LowRankMoments", "MomentsError", "StationaryMoments",
+    "DEFAULT_RANK", "GaussianMoments", "GaussianOperator", "MomentAccumulator", "MomentsError", "STRUCTURES",
+    "DENSE_MAX_DIM", "DenseMoments", "LowRankMoments", "StationaryMoments",
+    "estimate_moments", "estimate_moments_from_images", "fit_images", "start_accumulator", "target_size",
+    "estimate_moments_from_model",
+    "EXTENSION", "MOMENTS_FOLDER", "MomentsFiles", "is_moments_file", "list_moments_files", "load_moments",
+    "moments_from_tensors", "moments_save_path", "path_inside", "read_header", "save_moments",
+    "gaussian_flow", "gaussian_trajectory", "gaussian_x0", "model_implied_mean", "variance_from_gain",
+    "LATENT_FORMATS", "NO_FORMAT", "LatentFormat", "find_latent_format", "to_model_space", "to_model_space_named",
 ]

@@ -1,12 +1,16 @@
-"""Command line: estimate moments from latent files, or describe a moments file.
+"""Command line: estimate moments from latent files or from a model, or describe a moments file.
 
     python -m gaussian_teleport.moments estimate LATENTS... --out moments.safetensors [--structure lowrank]
     torchrun --nproc_per_node 4 -m gaussian_teleport.moments estimate LATENTS... --out moments.safetensors
+    python -m gaussian_teleport.moments from-model --model digits --out digits-model.safetensors
     python -m gaussian_teleport.moments info moments.safetensors
 
-LATENTS are safetensors files (ComfyUI's .latent files included) holding raw VAE latents (B, C, H, W)
-or (C, H, W). Under torchrun each process reads every world-size-th file and the statistics are
-all-reduced (gloo on CPU, NCCL when CUDA is available), so the result equals a single-process run.
+LATENTS are safetensors files (ComfyUI's .latent files included), folders of them or glob patterns,
+holding raw VAE latents (B, C, H, W) or (C, H, W); moments files found among them are skipped. Under
+torchrun each process reads every world-size-th file and the statistics are all-reduced (gloo on CPU,
+NCCL when CUDA is available), so the result equals a single-process run. ``from-model`` reads the
+moments off a k-diffusion-form denoiser's Jacobian: a reference model (digits, patches, a weights file
+from reference.train) or ``module:function`` returning (model, latent_shape, parameterization).
 """
 
 from __future__ import annotations
@@ -18,11 +22,16 @@ import sys
 
 import torch
 
-from .estimate import MomentAccumulator
-from .io import load_moments, read_header, save_moments
-from .structures import STRUCTURES, MomentsError
+from .base import DEFAULT_RANK, MomentAccumulator, MomentsError, structures
+from .files import is_moments_file, load_moments, read_header, save_moments
+from .from_model import (DEFAULT_DRAWS, DEFAULT_ITERATIONS, DEFAULT_MODEL_RANK, DEFAULT_SIGMA, DEFAULT_STEP,
+                         STRUCTURES_FROM_MODEL, estimate_moments_from_model)
 
 LATENT_KEYS = ("latent_tensor", "latent", "samples", "latents")
+
+
+class UsageError(Exception):
+    """A mistake in the command line: printed as 'error: …' with exit status 2, no traceback."""
 
 
 def read_latents(path: str) -> torch.Tensor:
@@ -40,14 +49,46 @@ def read_latents(path: str) -> torch.Tensor:
                        f"name it one of {LATENT_KEYS}")
 
 
-def expand(patterns: list[str]) -> list[str]:
+def expand(patterns: list[str], skip: str | None = None) -> list[str]:
+    """Files named by paths, folders and glob patterns; every pattern must match something.
+
+    Moments files in a folder or glob (an earlier --out, say) are skipped with a note on stderr.
+    """
     files = []
     for p in patterns:
         if os.path.isdir(p):
-            files += sorted(glob.glob(os.path.join(p, "*.safetensors")) + glob.glob(os.path.join(p, "*.latent")))
+            found = sorted(glob.glob(os.path.join(p, "*.safetensors")) + glob.glob(os.path.join(p, "*.latent")))
+            if not found:
+                raise UsageError(f"folder {p} holds no .safetensors or .latent files")
+        elif any(ch in p for ch in "*?["):
+            found = sorted(glob.glob(p))
+            if not found:
+                raise UsageError(f"no files match {p!r}")
+        elif os.path.isfile(p):
+            found = [p]
         else:
-            files += sorted(glob.glob(p)) or [p]
+            raise UsageError(f"no such file or folder: {p}")
+        for f in found:
+            if skip is not None and os.path.abspath(f) == os.path.abspath(skip):
+                continue
+            if is_moments_file(f):
+                print(f"note: skipping {f}: it is a moments file, not latents", file=sys.stderr)
+                continue
+            files.append(f)
+    if not files:
+        raise UsageError("none of the inputs holds latents")
     return files
+
+
+def check_output(path: str, overwrite: bool) -> None:
+    """Refuse an output that cannot be written, before any work is done."""
+    folder = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(folder):
+        raise UsageError(f"the folder of --out does not exist: {folder}; create it first")
+    if os.path.exists(path) and not overwrite:
+        raise UsageError(f"{path} already exists; choose another --out or pass --overwrite")
+    if not os.access(folder, os.W_OK):
+        raise UsageError(f"cannot write to {folder}")
 
 
 def _distributed() -> bool:
@@ -55,9 +96,6 @@ def _distributed() -> bool:
 
 
 def estimate(args) -> int:
-    files = expand(args.latents)
-    if not files:
-        raise SystemExit("no latent files matched")
     rank, world = 0, 1
     if _distributed():
         import torch.distributed as dist
@@ -67,6 +105,9 @@ def estimate(args) -> int:
         rank, world = dist.get_rank(), dist.get_world_size()
         if backend == "nccl":
             torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))
+    if rank == 0:
+        check_output(args.out, args.overwrite)
+    files = expand(args.latents, skip=args.out)
     acc = MomentAccumulator(args.structure, rank=args.rank)
     for path in files[rank::world]:
         acc.add(read_latents(path))
@@ -74,13 +115,30 @@ def estimate(args) -> int:
         acc.all_reduce()
     if rank == 0:
         m = acc.finalize(space=args.space, latent_format=args.latent_format,
-                         metadata={"source_files": str(len(files))})
+                         metadata={"source": "latents", "source_files": str(len(files))},
+                         progress=lambda message: print(f"{message} …", file=sys.stderr))
         save_moments(m, args.out, dtype=args.dtype, overwrite=args.overwrite)
         print(f"wrote {args.out}: {m.describe()}")
     if world > 1:
         import torch.distributed as dist
 
         dist.destroy_process_group()
+    return 0
+
+
+def from_model(args) -> int:
+    from ..reference import load_denoiser
+
+    check_output(args.out, args.overwrite)
+    model, shape, param, extra_args = load_denoiser(args.model, label=args.label)
+    m = estimate_moments_from_model(model, shape, sigma=args.sigma, rank=args.rank, iterations=args.iterations,
+                                    parameterization=param, extra_args=extra_args, structure=args.structure,
+                                    draws=args.draws, step=args.step, batch_size=args.batch_size,
+                                    generator=torch.Generator().manual_seed(args.seed),
+                                    metadata={"model": os.path.basename(args.model)})
+    save_moments(m, args.out, overwrite=args.overwrite)
+    print(f"wrote {args.out}: {m.describe()} ({m.metadata['model_calls']} model calls, batch sizes "
+          f"{m.metadata['batch_sizes']})")
     return 0
 
 
@@ -94,28 +152,47 @@ def info(args) -> int:
     return 0
 
 
-def main(argv=None) -> int:
+def parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="python -m gaussian_teleport.moments", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = ap.add_subparsers(dest="cmd", required=True)
     est = sub.add_parser("estimate", help="estimate moments from latent files")
     est.add_argument("latents", nargs="+", help="safetensors files, folders or glob patterns")
     est.add_argument("--out", required=True)
-    est.add_argument("--structure", choices=STRUCTURES, default="lowrank")
-    est.add_argument("--rank", type=int, default=256, help="eigenpairs kept by 'lowrank'")
+    est.add_argument("--structure", choices=structures(), default="lowrank")
+    est.add_argument("--rank", type=int, default=DEFAULT_RANK, help="eigenpairs kept by 'lowrank'")
     est.add_argument("--space", choices=("raw", "model"), default="raw")
     est.add_argument("--latent-format", default="none", help="e.g. SD15, SDXL, SD3, Flux")
     est.add_argument("--dtype", choices=("auto", "float32", "float16"), default="auto",
                      help="storage precision of the eigenvectors (auto: float16 for large ones)")
     est.add_argument("--overwrite", action="store_true")
     est.set_defaults(fn=estimate)
+    fm = sub.add_parser("from-model", help="read the moments off a model's Jacobian (no images)")
+    fm.add_argument("--model", required=True, help="digits, patches, a reference weights file, or module:function")
+    fm.add_argument("--out", required=True)
+    fm.add_argument("--structure", choices=STRUCTURES_FROM_MODEL, default="lowrank")
+    fm.add_argument("--rank", type=int, default=DEFAULT_MODEL_RANK)
+    fm.add_argument("--sigma", type=float, default=DEFAULT_SIGMA, help="noise level σ/α the Jacobian is read at")
+    fm.add_argument("--iterations", type=int, default=DEFAULT_ITERATIONS)
+    fm.add_argument("--draws", type=int, default=DEFAULT_DRAWS)
+    fm.add_argument("--step", type=float, default=DEFAULT_STEP)
+    fm.add_argument("--batch-size", type=int, default=None, help="largest batch of one model call")
+    fm.add_argument("--label", type=int, default=None, help="class label for a class-conditional model "
+                    "(default: unconditional)")
+    fm.add_argument("--seed", type=int, default=0)
+    fm.add_argument("--overwrite", action="store_true")
+    fm.set_defaults(fn=from_model)
     inf = sub.add_parser("info", help="describe a moments file")
     inf.add_argument("file")
     inf.set_defaults(fn=info)
-    args = ap.parse_args(argv)
+    return ap
+
+
+def main(argv=None) -> int:
+    args = parser().parse_args(argv)
     try:
         return args.fn(args)
-    except (MomentsError, FileExistsError) as exc:
+    except (UsageError, MomentsError, FileExistsError, ValueError, OSError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
 

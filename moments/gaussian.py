@@ -1,17 +1,19 @@
-"""Closed-form Gaussian denoiser and probability-flow solution.
+"""Closed-form Gaussian denoiser, probability-flow solution, and what a model's outputs imply about μ and Σ.
 
 from: Wang & Vastola, "The Hidden Linear Structure in Score-Based Models and its Application"
 (arXiv 2311.10892), extended in arXiv 2412.09726.
 
 Noisy latents are x = α·x0 + σ·ε with x0 ~ N(μ, Σ). VE models (EPS, v-prediction, EDM as the hosts
 sample them) have α = 1; flow models (SD3, Flux) have α = 1 − t and σ = t, with t = 1 pure noise.
+Every function takes an optional ``mean`` that overrides the operator's: a per-sample (B, C, H, W)
+mean (the model-implied one) broadcasts like the shared (C, H, W) one.
 """
 
 from __future__ import annotations
 
 import torch
 
-from .structures import GaussianOperator
+from .base import GaussianOperator
 
 
 def x0_spectrum(sigma: float, alpha: float):
@@ -28,26 +30,57 @@ def flow_spectrum(sigma_from: float, sigma_to: float, alpha_from: float, alpha_t
     return lambda lam: torch.sqrt((s1**2 + a1**2 * lam) / (s0**2 + a0**2 * lam))
 
 
-def gaussian_x0(op: GaussianOperator, x: torch.Tensor, sigma: float, alpha: float = 1.0) -> torch.Tensor:
+def gaussian_x0(op: GaussianOperator, x: torch.Tensor, sigma: float, alpha: float = 1.0,
+                mean: torch.Tensor | None = None) -> torch.Tensor:
     """E[x0 | x] = μ + αΣ(α²Σ + σ²I)⁻¹(x − αμ): the exact denoiser of the Gaussian."""
-    return op.mean + op.apply(x - float(alpha) * op.mean, x0_spectrum(sigma, alpha))
+    mean = op.mean if mean is None else mean
+    return mean + op.apply(x - float(alpha) * mean, x0_spectrum(sigma, alpha))
 
 
 def gaussian_flow(op: GaussianOperator, x: torch.Tensor, sigma_from: float, sigma_to: float,
-                  alpha_from: float = 1.0, alpha_to: float = 1.0) -> torch.Tensor:
+                  alpha_from: float = 1.0, alpha_to: float = 1.0, mean: torch.Tensor | None = None) -> torch.Tensor:
     """Solve the probability-flow ODE of the Gaussian from (α_T, σ_T) to (α, σ) in closed form.
 
     x(σ) = α μ + g(Σ)(x_T − α_T μ) with g(λ) = √((σ² + α²λ) / (σ_T² + α_T²λ)): each eigendirection
     keeps its coordinate in units of the marginal standard deviation. Finite at α_T = 0 (t = 1).
     """
+    mean = op.mean if mean is None else mean
     ratio = flow_spectrum(sigma_from, sigma_to, alpha_from, alpha_to)
-    return float(alpha_to) * op.mean + op.apply(x - float(alpha_from) * op.mean, ratio)
+    return float(alpha_to) * mean + op.apply(x - float(alpha_from) * mean, ratio)
 
 
-def gaussian_flow_and_x0(op: GaussianOperator, x: torch.Tensor, sigma_from: float, sigma_to: float,
-                         alpha_from: float = 1.0, alpha_to: float = 1.0):
-    """gaussian_flow and gaussian_x0 at the start, in one pass over the eigenbasis."""
-    ratio = flow_spectrum(sigma_from, sigma_to, alpha_from, alpha_to)
-    moved, x0 = op.apply_many(x - float(alpha_from) * op.mean, [ratio, x0_spectrum(sigma_from, alpha_from)])
-    return float(alpha_to) * op.mean + moved, op.mean + x0
+def gaussian_trajectory(op: GaussianOperator, x: torch.Tensor, sigma_from: float, alpha_from: float,
+                        points: list[tuple[float, float]], mean: torch.Tensor | None = None):
+    """[(x(σ), E[x0 | x(σ)]) for each (σ, α) in ``points``] along the closed-form flow from (x, σ_T).
 
+    Every output is a function of Σ applied to the same x − α_T μ, so one pass over the eigenbasis
+    serves them all (the jump's landing point and a preview at each replaced step).
+    """
+    mean = op.mean if mean is None else mean
+    fs = []
+    for sigma, alpha in points:
+        ratio, gain = flow_spectrum(sigma_from, sigma, alpha_from, alpha), x0_spectrum(sigma, alpha)
+        fs += [ratio, (lambda r, g: lambda lam: r(lam) * g(lam))(ratio, gain)]
+    outs = op.apply_many(x - float(alpha_from) * mean, fs)
+    return [(float(alpha) * mean + outs[2 * i], mean + outs[2 * i + 1]) for i, (_, alpha) in enumerate(points)]
+
+
+# ----------------------------------------------------------------------------
+# What a model's own outputs imply (exact for a Gaussian model).
+
+
+def model_implied_mean(op: GaussianOperator, x: torch.Tensor, denoised: torch.Tensor, sigma: float,
+                       alpha: float = 1.0) -> torch.Tensor:
+    """The mean μ̂ under which a Gaussian with covariance Σ has denoiser output ``denoised`` at (x, σ).
+
+    Solving D = μ + αΣ(α²Σ + σ²I)⁻¹(x − αμ) for μ gives μ̂ = (I + α²Σ/σ²)·D − (αΣ/σ²)·x
+    = D + (αΣ/σ²)(αD − x); at α = 0 (flow, t = 1) μ̂ = D. Per sample: (B, C, H, W).
+    """
+    a, s2 = float(alpha), float(sigma) ** 2
+    return denoised + op.apply(a * denoised - x, lambda lam: a * lam / s2)
+
+
+def variance_from_gain(gain: torch.Tensor, sigma: float, alpha: float = 1.0) -> torch.Tensor:
+    """λ from an eigenvalue j of the Gaussian denoiser's Jacobian αΣ(α²Σ + σ²I)⁻¹: λ = σ²j / (α(1 − αj))."""
+    a = float(alpha)
+    return float(sigma) ** 2 * gain / (a * (1 - a * gain))

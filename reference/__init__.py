@@ -69,5 +69,34 @@ def load_reference(name_or_path: str = DEFAULT_MODEL, device="cpu") -> Reference
     return ReferenceModel(name, model, moments, record)
 
 
-__all__ = ["EDMDenoiser", "GuidedDenoiser", "ModelConfig", "load_model", "save_model", "WEIGHTS_DIR",
+def load_denoiser(spec: str, *, label: int | None = None, cfg: float | None = None):
+    """(model, latent_shape, parameterization, extra_args) for a command line's ``--model``.
+
+    ``spec``: a shipped reference model (digits, patches), a weights file from reference.train, or
+    ``module:function`` naming a function that returns (model, latent_shape, parameterization) for any
+    k-diffusion-form denoiser. ``label``/``cfg`` condition a class-conditional reference model.
+    """
+    import importlib
+
+    import torch
+
+    if ":" in spec and not spec.endswith(".safetensors"):
+        module, _, name = spec.partition(":")
+        model, shape, param = getattr(importlib.import_module(module), name)()
+        return model, tuple(shape), param, {}
+    ref = load_reference(spec)
+    model, extra_args = ref.model, {}
+    if ref.model.cfg.num_classes:
+        if cfg is not None:
+            model = GuidedDenoiser(ref.model, cfg)
+        if label is not None:
+            extra_args = {"class_labels": torch.tensor([label])}
+        elif cfg is not None:
+            raise ValueError("guidance needs a class label (--label)")
+    elif label is not None or cfg is not None:
+        raise ValueError(f"model {ref.name!r} is unconditional: drop --label and --cfg")
+    return model, ref.shape, "ve", extra_args
+
+
+__all__ = ["load_denoiser", "EDMDenoiser", "GuidedDenoiser", "ModelConfig", "load_model", "save_model", "WEIGHTS_DIR",
            "REFERENCE_MODELS", "DEFAULT_MODEL", "ReferenceModel", "reference_paths", "load_reference"]

@@ -1,127 +1,201 @@
-"""How Gaussian a model is at each noise level, and where to hand off to the sampler.
+"""Choose the hand-off by what the image does: the lowest hand-off whose result stays within a tolerance.
 
-from: Wang & Vastola, arXiv 2311.10892 (Fig. 2, "explained variance of the learned score by the
-Gaussian score"). The figure used here is the *score* explained variance at one σ,
-
-    EV(σ) = 1 − Σ‖α·(D_nn − D_G)‖² / Σ‖(α·D_nn − x) − mean_batch(α·D_nn − x)‖²,
-
-the error of the Gaussian denoiser over the spread of the model's score direction α·D_nn − x
-(VE models α = 1; flow models x = (1 − t)·x0 + t·ε, α = 1 − t). The denoiser-output figure
-(the same error over the spread of D_nn alone) is reported too but is not used to recommend: at high σ
-the model's own output barely varies, so its small errors dominate that ratio.
-
-Everything here is host-free; ComfyUI's Calibrate Teleport node is a thin adapter over it.
+For a few noise samples at the user's real settings (the model with its conditioning and CFG, the
+sampler, the schedule), the plain sampler runs once; teleport runs from candidate hand-offs; the change
+of each is the paired RMSE of the final latents over a scale that means the same on every model (see
+``CHANGE_SCALE``). The change grows as the hand-off goes lower, so a bisection over the schedule's
+steps finds the most steps that can be replaced within ``tolerance`` from a handful of candidates.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
+from typing import Callable
 
 import torch
 
-from ..moments.gaussian import gaussian_x0
-from ..moments.structures import GaussianMoments
-from .teleport import compute_dtype, path_alpha
+from ..moments.base import GaussianMoments
+from ..moments.latent_formats import LatentFormat
+from .binding import bind_moments
+from .explained import ExplainedVariance, RecordingModel
+from .handoff import Handoff, check_schedule, format_sigma
+from .parameterization import Parameterization, parameterization as as_parameterization
+from .settings import DEFAULT_MEAN
+from .teleport import check_latent, sample_teleport
+
+# The change is the paired RMSE over the plain run's own spread between samples: per element, the
+# standard deviation of the final latents across the batch. Chosen over the sampler's own
+# discretisation error by the calibration benchmark (README, "Calibration"), which also sets the
+# default tolerance.
+CHANGE_SCALE = "spread"
+DEFAULT_TOLERANCE = 0.03
+LOWEST_CANDIDATE = 1.0   # default candidates hand off at noise levels ≥ 1 (about σ_data): below, jumps fail
 
 
-def score_explained_variance(d_model: torch.Tensor, d_gauss: torch.Tensor, x: torch.Tensor,
-                             alpha: float = 1.0) -> float:
-    """Score EV at one σ over a batch (B, ...): 1 − ‖α(D_nn − D_G)‖² / ‖(αD_nn − x) − mean(αD_nn − x)‖²."""
-    d_model, d_gauss, x = (t.double() for t in (d_model, d_gauss, x))
-    error = float(((alpha * (d_model - d_gauss)) ** 2).sum())
-    direction = alpha * d_model - x
-    spread = float(((direction - direction.mean(0, keepdim=True)) ** 2).sum())
-    return 1.0 - error / spread if spread > 0 else float("nan")
-
-
-def denoiser_explained_variance(d_model: torch.Tensor, d_gauss: torch.Tensor) -> float:
-    """Denoiser-output EV: 1 − ‖D_nn − D_G‖² / ‖D_nn − mean(D_nn)‖² (for reference only)."""
-    d_model, d_gauss = d_model.double(), d_gauss.double()
-    error = float(((d_model - d_gauss) ** 2).sum())
-    spread = float(((d_model - d_model.mean(0, keepdim=True)) ** 2).sum())
-    return 1.0 - error / spread if spread > 0 else float("nan")
-
-
-def relative_velocity_error(d_model: torch.Tensor, d_gauss: torch.Tensor, sigma: float,
-                            alpha: float = 1.0) -> float:
-    """RMS of α(D_nn − D_G)/σ per element: the error the Gaussian puts into the ODE's velocity."""
-    diff = alpha * (d_model.double() - d_gauss.double()) / float(sigma)
-    return float(diff.pow(2).mean().sqrt())
+@dataclass(frozen=True)
+class Candidate:
+    skipped: int          # schedule steps replaced
+    sigma: float          # the hand-off noise level σ/α (what a user types)
+    calls: int            # model calls of the teleported run
+    change: float         # paired RMSE to the plain run, over the scale
+    passed: bool
 
 
 @dataclass
-class Calibration:
-    """Explained variance of the Gaussian denoiser along the model's own trajectories."""
+class HandoffCalibration:
+    """The measured candidates and the recommendation (``sigma`` None: do not teleport)."""
 
-    sigmas: list[float] = field(default_factory=list)
-    score_ev: list[float] = field(default_factory=list)
-    denoiser_ev: list[float] = field(default_factory=list)
-    velocity_error: list[float] = field(default_factory=list)
-    samples: int = 0
+    curve: list[Candidate]
+    skipped: int
+    sigma: float | None
+    steps: int
+    calls_plain: int
+    calls_teleport: int
+    calls_spent: int
+    tolerance: float
+    scale: float
+    mean: str
+    explained: ExplainedVariance = field(default_factory=ExplainedVariance)
 
-    def add(self, sigma: float, d_model, d_gauss, x, alpha: float):
-        self.sigmas.append(float(sigma))
-        self.score_ev.append(score_explained_variance(d_model, d_gauss, x, alpha))
-        self.denoiser_ev.append(denoiser_explained_variance(d_model, d_gauss))
-        self.velocity_error.append(relative_velocity_error(d_model, d_gauss, sigma, alpha))
-        self.samples = int(x.shape[0])
+    @property
+    def handoff(self) -> Handoff | None:
+        return None if self.sigma is None else Handoff("sigma", float(format_sigma(self.sigma)))
 
-    def table(self) -> str:
-        rows = ["sigma      score EV   denoiser EV   velocity err"]
-        for s, e, d, v in zip(self.sigmas, self.score_ev, self.denoiser_ev, self.velocity_error):
-            rows.append(f"{s:<10.4g} {e:<10.5f} {d:<13.4f} {v:.4g}")
-        return "\n".join(rows)
+    @property
+    def change(self) -> float:
+        hit = [c for c in self.curve if c.skipped == self.skipped]
+        return hit[0].change if hit else 0.0
+
+    def summary(self) -> str:
+        """One line: 'hand-off σ 4.5: 5 of 20 steps replaced, change 0.4 of the tolerance; calls 20 → 15'."""
+        if self.sigma is None:
+            first = min(self.curve, key=lambda c: c.skipped) if self.curve else None
+            worst = f" (replacing 1 step already changes it by {first.change / self.tolerance:.2g}× the tolerance)" \
+                if first is not None and first.skipped == 1 else ""
+            return f"do not teleport with these settings{worst}; calls stay {self.calls_plain}"
+        return (f"hand-off σ {format_sigma(self.sigma)}: {self.skipped} of {self.steps} steps replaced, change "
+                f"{self.change / self.tolerance:.2g} of the tolerance; calls {self.calls_plain} → {self.calls_teleport}")
+
+    def report(self) -> str:
+        rows = [f"calibration: tolerance {self.tolerance:g} (paired RMSE / spread between samples {self.scale:.4g}), "
+                f"mean from the {self.mean}; {self.calls_spent} model calls spent",
+                "steps replaced   hand-off σ   calls   change   within"]
+        for c in sorted(self.curve, key=lambda c: c.skipped):
+            rows.append(f"{c.skipped:<16d} {format_sigma(c.sigma):<12} {c.calls:<7d} {c.change:<8.4f} "
+                        f"{'yes' if c.passed else 'no'}")
+        return "\n".join(rows + [self.summary()])
 
 
-def recommend_handoff(sigmas, explained, threshold: float = 0.99):
-    """The lowest σ from which the EV stays ≥ threshold at every higher probed σ, or None.
+class CountingModel:
+    """Counts calls of a k-diffusion denoiser and tells ``progress`` after each."""
 
-    Reading from the top keeps a dip at high σ (the Gaussian failing there) from being skipped by a
-    lucky value lower down. None: even the highest probed σ is below the threshold (do not teleport).
-    """
-    if not 0 < threshold <= 1:
-        raise ValueError(f"threshold must be in (0, 1], got {threshold}")
-    pairs = sorted(((float(s), float(e)) for s, e in zip(sigmas, explained) if float(s) > 0), reverse=True)
-    best = None
-    for s, e in pairs:
-        if not (e >= threshold):   # NaN counts as a failure
-            break
-        best = s
-    return best
+    def __init__(self, model, progress: Callable[[int], None] | None = None):
+        self.model, self.progress, self.calls = model, progress, 0
+
+    def __call__(self, x, sigma, **extra_args):
+        out = self.model(x, sigma, **extra_args)
+        self.calls += 1
+        if self.progress is not None:
+            self.progress(self.calls)
+        return out
+
+
+def spread_between_samples(x: torch.Tensor) -> float:
+    """Per element, the standard deviation of the batch (unbiased), as one RMS number."""
+    if x.shape[0] < 2:
+        raise ValueError("calibration needs at least 2 noise samples (a batch of 2 or more) to measure the spread "
+                         "between samples")
+    return float(x.double().var(dim=0).mean().sqrt())
+
+
+def paired_change(a: torch.Tensor, b: torch.Tensor) -> float:
+    return float((a.double() - b.double()).pow(2).mean().sqrt())
 
 
 @torch.no_grad()
-def sample_calibrate(model, x, sigmas, extra_args=None, callback=None, disable=None, *,
-                     moments: GaussianMoments, parameterization: str = "ve", record: Calibration):
-    """A k-diffusion-form Euler run that also records D_nn against D_G at every sigma it visits.
+def calibrate_handoff(model, x: torch.Tensor, sigmas: torch.Tensor, sampler: Callable, *,
+                      moments: GaussianMoments, mean: str = DEFAULT_MEAN, parameterization: Parameterization | str = "ve",
+                      extra_args: dict | None = None, tolerance: float = DEFAULT_TOLERANCE, candidates=None,
+                      mode: str = "save", latent_format: LatentFormat | str | None = None,
+                      progress: Callable[[int, int], None] | None = None, scale: str = CHANGE_SCALE,
+                      **sampler_options) -> HandoffCalibration:
+    """Recommend the hand-off that replaces the most steps while the result changes by at most ``tolerance``.
 
-    The points x are the model's own probability-flow trajectory from the host's start noise, so the
-    figure is measured where the sampler actually goes. Returns the final x like any sampler.
+    ``x``: a few start noises at sigmas[0] (B ≥ 2, already scaled as the sampler gets them); ``model`` the
+    guided denoiser in k-diffusion form; ``sampler`` the inner sampler. ``candidates``: hand-offs to
+    consider (Handoff, 'sigma:4.5' or noise levels); default every schedule step at a noise level ≥ 1 that
+    leaves the sampler at least one step. ``progress(calls_done, calls_bound)`` after every model call (raise to cancel).
     """
-    extra_args = {} if extra_args is None else extra_args
-    s_in = x.new_ones([x.shape[0]])
-    op = moments.operator(x.shape[1:], device=x.device, dtype=compute_dtype(moments))
-    for i in range(len(sigmas) - 1):
-        sigma = float(sigmas[i])
-        denoised = model(x, sigmas[i] * s_in, **extra_args)
-        alpha = path_alpha(parameterization, sigma)
-        d_gauss = gaussian_x0(op, x.to(op.mean.dtype), sigma, alpha)
-        record.add(sigma, denoised.to(op.mean.dtype), d_gauss, x.to(op.mean.dtype), alpha)
-        if callback is not None:
-            callback({"x": x, "i": i, "sigma": sigmas[i], "sigma_hat": sigmas[i], "denoised": denoised})
-        # Euler step; (x − D)/σ is dx/dσ for VE and, with σ = t, dx/dt for flow models alike
-        x = x + (x - denoised) / sigma * (sigmas[i + 1] - sigmas[i])
-    return x
+    check_latent(x)
+    param = as_parameterization(parameterization)
+    n = check_schedule(sigmas, param)
+    if not (tolerance > 0 and math.isfinite(tolerance)):
+        raise ValueError(f"tolerance must be a number > 0, got {tolerance}")
+    extra_args = extra_args or {}
+    gauss = bind_moments(moments, x.shape[1:], latent_format=latent_format, parameterization=param, device=x.device)
+    levels = [param.noise_level(float(s)) for s in sigmas]
+    ks = _candidate_steps(candidates, sigmas, levels, n, param)
+    bound = (2 if "heun" in getattr(sampler, "__name__", "") else 1) * n * (2 + math.ceil(math.log2(len(ks) + 1)))
+    counter = CountingModel(model, None if progress is None else (lambda done: progress(done, max(bound, done))))
 
-
-def calibration_summary(cal: Calibration, threshold: float) -> tuple[float | None, str]:
-    """(recommended hand-off σ or None, a report a user can read)."""
-    best = recommend_handoff(cal.sigmas, cal.score_ev, threshold)
-    if best is None:
-        verdict = (f"no probed σ reaches a score EV of {threshold:g} (highest σ {max(cal.sigmas):.4g}: "
-                   f"{cal.score_ev[0]:.4f}); teleport is not recommended for this model and moments")
+    record = ExplainedVariance()
+    plain = sampler(RecordingModel(counter, gauss, record), x, sigmas, extra_args=extra_args, disable=True,
+                    **sampler_options)
+    calls_plain = counter.calls
+    if scale == "spread":
+        unit = spread_between_samples(plain)
+    elif scale == "steps":
+        coarse = torch.cat([sigmas[:-1][::2], sigmas[-1:]])
+        unit = paired_change(plain, sampler(counter, x, coarse, extra_args=extra_args, disable=True, **sampler_options))
     else:
-        verdict = (f"recommended hand-off: sigma {best:.4g} (lowest σ whose score EV ≥ {threshold:g} "
-                   f"at every higher probed σ; {cal.samples} noise sample(s))")
-    return best, cal.table() + "\n" + verdict
+        raise ValueError(f"scale must be 'spread' or 'steps', got {scale!r}")
+    unit = max(unit, 1e-12)
 
+    measured: dict[int, Candidate] = {}
+
+    def measure(k: int) -> Candidate:
+        before = counter.calls
+        out = sample_teleport(counter, x, sigmas, extra_args, None, True, moments=gauss.moments, sampler=sampler,
+                              handoff=Handoff("steps", k), mode=mode, mean=mean, parameterization=param,
+                              **sampler_options)
+        change = paired_change(out, plain) / unit
+        measured[k] = Candidate(k, levels[k], counter.calls - before, change, change <= tolerance)
+        return measured[k]
+
+    # Bisection over the candidate list: the change grows with the steps replaced.
+    lo, hi = 0, len(ks)          # ks[:lo] known to pass (index 0 = no jump), ks[hi:] known to fail
+    while lo < hi:
+        mid = (lo + hi + 1) // 2
+        if measure(ks[mid - 1]).passed:
+            lo = mid
+        else:
+            hi = mid - 1
+    best = ks[lo - 1] if lo else 0
+    calls_best = measured[best].calls if best else calls_plain
+    return HandoffCalibration(curve=sorted(measured.values(), key=lambda c: c.skipped), skipped=best,
+                              sigma=levels[best] if best else None, steps=n, calls_plain=calls_plain,
+                              calls_teleport=calls_best, calls_spent=counter.calls, tolerance=tolerance,
+                              scale=unit, mean=mean, explained=record)
+
+
+def _candidate_steps(candidates, sigmas, levels, n, param) -> list[int]:
+    """Sorted distinct step counts to consider (each leaves the sampler at least one step)."""
+    if candidates is None:
+        ks = [k for k in range(1, n) if float(sigmas[k]) > 0 and levels[k] >= LOWEST_CANDIDATE]
+        if not ks:
+            raise ValueError(f"the schedule has no step at a noise level ≥ {LOWEST_CANDIDATE:g} to hand off at (it "
+                             f"starts at σ {format_sigma(levels[0])}); teleport has nothing to replace here")
+        return ks
+    from .handoff import skipped_steps
+
+    ks = set()
+    for c in candidates:
+        handoff = c if isinstance(c, Handoff) else (Handoff.parse(c) if isinstance(c, str) else Handoff("sigma", c))
+        k = skipped_steps(sigmas, handoff, param)
+        if 0 < k < n and float(sigmas[k]) > 0:
+            ks.add(k)
+    if not ks:
+        raise ValueError(f"none of the candidates {list(candidates)} replaces a step and leaves the sampler one; "
+                         f"the schedule runs from σ {format_sigma(levels[0])} to {format_sigma(levels[-2])}")
+    return sorted(ks)

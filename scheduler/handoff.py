@@ -1,8 +1,10 @@
 """Where the jump hands off to the sampler, and what schedule the sampler then runs.
 
 The hand-off is given in one of three units:
-- ``sigma``: a noise level; in "save" mode the jump lands on the first schedule sigma ≤ it;
-- ``steps``: how many of the schedule's steps the jump replaces;
+- ``sigma``: a noise level σ/α (the unit rule of parameterization.py: the same number on every
+  model; ∞ means "never jump"); in "save" mode the jump lands on the first schedule sigma at or below it, within a
+  relative tolerance of 1e-3 so that a value printed to 4 significant digits lands on the same step;
+- ``steps``: how many of the schedule's steps the jump replaces (a whole number);
 - ``fraction``: the share of the schedule's steps the jump replaces (rounded to whole steps).
 
 Schedule modes:
@@ -18,8 +20,17 @@ from dataclasses import dataclass
 
 import torch
 
+from .parameterization import VE, Parameterization, parameterization as as_parameterization
+
 KINDS = ("sigma", "steps", "fraction")
 MODES = ("save", "same_budget")
+SIGMA_RTOL = 1e-3       # a typed-back σ with 4 significant digits lands on the same schedule step
+FLOW_LOWEST_SIGMA = 1.0  # below σ 1 (t 0.5) a flow hand-off replaces most of the range: see plan_teleport
+
+
+def format_sigma(value: float) -> str:
+    """A noise level printed so that typing it back replaces the same steps (4 significant digits)."""
+    return "∞" if math.isinf(value) else f"{value:.4g}"
 
 
 @dataclass(frozen=True)
@@ -29,106 +40,194 @@ class Handoff:
 
     def __post_init__(self):
         if self.kind not in KINDS:
-            raise ValueError(f"hand-off kind must be one of {KINDS}, got {self.kind!r}")
-        v = float(self.value)
-        if not math.isfinite(v) or v < 0:
+            raise ValueError(f"hand-off unit must be one of {KINDS}, got {self.kind!r}")
+        try:
+            v = float(self.value)
+        except (TypeError, ValueError):
+            raise ValueError(f"hand-off {self.kind} must be a number, got {self.value!r}") from None
+        if math.isnan(v) or v < 0 or (math.isinf(v) and self.kind != "sigma"):
             raise ValueError(f"hand-off {self.kind} must be a finite number ≥ 0, got {self.value!r}")
         if self.kind == "steps" and v != int(v):
-            raise ValueError(f"hand-off steps must be a whole number, got {self.value!r}")
+            raise ValueError(f"hand-off steps must be a whole number of steps, got {self.value!r}; "
+                             "use the fraction unit for a share of the schedule")
         if self.kind == "fraction" and v >= 1:
-            raise ValueError(f"hand-off fraction must be below 1 (the model needs some steps), got {v}")
+            raise ValueError(f"hand-off fraction must be below 1 (the model needs some steps), got {v:g}")
+        object.__setattr__(self, "value", v)
 
     @classmethod
-    def parse(cls, text: str) -> "Handoff":
-        """'sigma:5.0', 'steps:4' or 'fraction:0.25'."""
+    def parse(cls, text) -> "Handoff":
+        """'sigma:5.0', 'steps:4', 'fraction:0.25', or a Handoff."""
+        if isinstance(text, Handoff):
+            return text
         kind, sep, value = str(text).partition(":")
         if not sep:
             raise ValueError(f"hand-off {text!r} must look like 'sigma:5.0', 'steps:4' or 'fraction:0.25'")
         try:
-            return cls(kind.strip(), float(value))
+            return cls(kind.strip(), value.strip())
         except ValueError as exc:
             raise ValueError(f"hand-off {text!r}: {exc}") from None
 
     def __str__(self):
-        return f"{self.kind}:{int(self.value) if self.kind == 'steps' else self.value:g}"
+        if self.kind == "steps":
+            return f"steps:{int(self.value)}"
+        return f"{self.kind}:{format_sigma(self.value) if self.kind == 'sigma' else f'{self.value:g}'}"
 
 
 @dataclass(frozen=True)
 class TeleportPlan:
-    """What a teleport run does. ``sigmas`` is the schedule the inner sampler runs."""
+    """What a teleport run does; the record hosts log and show. ``sigmas`` is what the sampler runs."""
 
     jumped: bool
-    sigma_from: float          # σ_T, where the jump starts (sigmas[0])
-    sigma_to: float            # the hand-off sigma where the sampler takes over
+    sigma_from: float          # σ_T in the sampler's units (sigmas[0])
+    sigma_to: float            # where the sampler takes over, in the sampler's units
     skipped: int               # schedule steps the jump replaces
+    steps: int                 # steps of the original schedule
     step_offset: int           # added to the inner sampler's step index in callbacks
     sigmas: torch.Tensor
     mode: str
     reason: str
+    parameterization: Parameterization = VE
+    mean: str = "data"         # where the jump's mean comes from: "data" (the moments) or "model" (one call)
 
     @property
-    def steps(self) -> int:
+    def sampler_steps(self) -> int:
         return len(self.sigmas) - 1
 
+    @property
+    def probe_calls(self) -> int:
+        """Model calls the teleport makes itself (the model-mean probe)."""
+        return int(self.jumped and self.mean == "model")
+
+    @property
+    def noise_level_to(self) -> float:
+        """The hand-off as a noise level σ/α (the unit a user types)."""
+        return self.parameterization.noise_level(self.sigma_to)
+
+    def where(self, sigma: float) -> str:
+        return self.parameterization.describe_sigma(sigma)
+
     def summary(self) -> str:
+        """One line for the log: what happened, or why nothing did."""
         if not self.jumped:
-            return f"teleport: no jump ({self.reason})"
-        return (f"teleport: jumped σ {self.sigma_from:.4g} → {self.sigma_to:.4g}, replacing {self.skipped} "
-                f"step(s); the sampler runs {self.steps} step(s) ({self.mode})")
+            return f"teleport: no jump: {self.reason}"
+        probe = ", mean from one model call" if self.probe_calls else ""
+        jump = (f"teleport: jumped {self.where(self.sigma_from)} → {self.where(self.sigma_to)} in closed form "
+                f"{self.reason}{probe}")
+        if self.mode == "save":
+            return (f"{jump}, replacing {self.skipped} of {self.steps} steps; the sampler runs the last "
+                    f"{self.sampler_steps}")
+        return (f"{jump} (the noise range of the first {self.skipped} of {self.steps} steps); same_budget: the "
+                f"sampler runs all {self.sampler_steps} steps, re-spaced below the hand-off")
+
+    def short(self) -> str:
+        """A short value for image metadata: '14.61→4.5, 5/20 steps replaced, save' or 'no jump (…)'."""
+        if not self.jumped:
+            return f"no jump ({self.reason.split(':')[0]})"
+        probe = ", model mean" if self.probe_calls else ""
+        span = lambda s: format_sigma(self.parameterization.noise_level(s))  # noqa: E731
+        return (f"σ {span(self.sigma_from)}→{span(self.sigma_to)}, {self.skipped}/{self.steps} steps replaced, "
+                f"{self.mode}{probe}")
 
 
-def _steps_of(sigmas: torch.Tensor) -> int:
-    if sigmas.dim() != 1 or len(sigmas) < 2:
-        raise ValueError(f"sigmas must be a 1-D schedule of at least 2 values, got shape {tuple(sigmas.shape)}")
+def check_schedule(sigmas: torch.Tensor, param: Parameterization = VE) -> int:
+    """The number of steps of a valid schedule; ValueError saying what is wrong otherwise."""
+    if not isinstance(sigmas, torch.Tensor) or sigmas.dim() != 1 or len(sigmas) < 2:
+        shape = tuple(sigmas.shape) if isinstance(sigmas, torch.Tensor) else type(sigmas).__name__
+        raise ValueError(f"sigmas must be a 1-D schedule of at least 2 values, got {shape}")
+    if torch.isnan(sigmas).any():
+        raise ValueError("sigmas contain NaN; the schedule is broken (check the scheduler's settings)")
+    if torch.isinf(sigmas).any():
+        raise ValueError("sigmas contain an infinite value; a sampler cannot start from infinite noise: use a "
+                         "finite sigma_max")
+    if bool((sigmas < 0).any()):
+        raise ValueError(f"sigmas must be ≥ 0, got {float(sigmas.min()):.4g}")
     if not bool(torch.all(sigmas[1:] <= sigmas[:-1])):
         raise ValueError("sigmas must not increase; restart-style schedules need their own sampler")
+    if float(sigmas[0]) <= 0:
+        raise ValueError("the schedule starts at σ 0: there is nothing to sample")
+    param.check_schedule_range(sigmas)
     return len(sigmas) - 1
 
 
-def skipped_steps(sigmas: torch.Tensor, handoff: Handoff) -> int:
+def skipped_steps(sigmas: torch.Tensor, handoff: Handoff, param: Parameterization = VE) -> int:
     """How many leading steps of the schedule the hand-off replaces."""
-    n = _steps_of(sigmas)
+    n = check_schedule(sigmas, param)
     if handoff.kind == "steps":
         return int(handoff.value)
     if handoff.kind == "fraction":
         return int(math.floor(handoff.value * n + 0.5))
-    return int((sigmas[:-1] > handoff.value).sum())
+    level = torch.tensor([param.noise_level(float(s)) for s in sigmas[:-1]], dtype=torch.float64)
+    return int((level > handoff.value * (1 + SIGMA_RTOL)).sum())
 
 
-def plan_teleport(sigmas: torch.Tensor, handoff: Handoff, mode: str = "save") -> TeleportPlan:
-    """Decide the jump and the sampler's schedule; raises ValueError for an impossible skip."""
+def plan_teleport(sigmas: torch.Tensor, handoff: Handoff | str, mode: str = "save",
+                  parameterization: Parameterization | str = VE, *, mean: str = "data",
+                  no_jump: str | None = None, img2img: bool = False) -> TeleportPlan:
+    """Decide the jump and the sampler's schedule; ValueError for an impossible hand-off.
+
+    ``no_jump`` is a host's reason to run the sampler unchanged (an inpainting mask); ``img2img`` says the
+    start latent carries an image, which the summary then mentions.
+    """
     if mode not in MODES:
         raise ValueError(f"schedule mode must be one of {MODES}, got {mode!r}")
+    handoff = Handoff.parse(handoff)
+    param = as_parameterization(parameterization)
     sigmas = sigmas.detach().to("cpu", torch.float64)
-    n = _steps_of(sigmas)
+    n = check_schedule(sigmas, param)
     s0 = float(sigmas[0])
-    k = skipped_steps(sigmas, handoff)
+    if param.is_flow and handoff.kind == "sigma" and handoff.value < FLOW_LOWEST_SIGMA:
+        as_t = format_sigma(handoff.value / (1 - handoff.value))
+        raise ValueError(
+            f"hand-off sigma {handoff.value:g} on a flow model (SD3, Flux): hand-off sigmas are noise levels σ/α, the "
+            "same numbers on every model (a flow model's t = σ/(1 + σ)), while version 0.1 of the ComfyUI nodes read "
+            f"them as the flow time t. If {handoff.value:g} is a t, enter sigma {as_t} instead. Below sigma "
+            f"{FLOW_LOWEST_SIGMA:g} (t 0.5) a jump would replace most of a flow schedule's noise range; use the "
+            "steps unit if you mean that")
+    k = skipped_steps(sigmas, handoff, param)
+
+    def unchanged(reason):
+        return TeleportPlan(False, s0, s0, 0, n, 0, sigmas, mode, reason + ": the sampler runs unchanged", param, mean)
+
+    if no_jump:
+        return unchanged(no_jump)
     if k == 0:
-        why = (f"hand-off σ {handoff.value:g} ≥ schedule start σ {s0:.4g} (img2img or a short schedule)"
-               if handoff.kind == "sigma" else f"hand-off {handoff} replaces no step")
-        return TeleportPlan(False, s0, s0, 0, 0, sigmas, mode, why + ": the sampler runs unchanged")
+        if handoff.kind == "sigma":
+            start = format_sigma(param.noise_level(s0))
+            why = "img2img or hires fix" if img2img else "img2img, hires fix or a short schedule"
+            return unchanged(f"hand-off σ {format_sigma(handoff.value)} ≥ schedule start σ {start} ({why})")
+        return unchanged(f"hand-off {handoff} replaces no step")
     if k >= n:
-        raise ValueError(f"hand-off {handoff} would replace all {n} steps (σ {s0:.4g} → {float(sigmas[-1]):.4g}); "
-                         "the model must run at least the last step: lower the hand-off or add steps")
+        raise ValueError(_too_far(handoff, n, sigmas, param))
     target = float(sigmas[k])
     if mode == "same_budget" and handoff.kind == "sigma":
-        target = float(handoff.value)
+        target = param.schedule_sigma(handoff.value)
     if target <= 0:
-        raise ValueError(f"hand-off {handoff} lands on σ = 0, where no sampler step is left; lower the hand-off")
+        raise ValueError(_too_far(handoff, n, sigmas, param))
     if mode == "save":
-        rest = sigmas[k:]
-        offset = k
+        rest, offset = sigmas[k:], k
     else:
-        rest = respace(sigmas, target, n)
-        offset = 0
-    return TeleportPlan(True, s0, target, k, offset, rest, mode,
-                        f"σ {s0:.4g} → {target:.4g} in closed form")
+        rest, offset = respace(sigmas, target, n), 0
+    reason = "from the image-conditioned start latent (img2img)" if img2img else "from the start noise"
+    return TeleportPlan(True, s0, target, k, n, offset, rest, mode, reason, param, mean)
 
 
-def teleport_sigmas(sigmas: torch.Tensor, handoff: Handoff, mode: str = "save"):
-    """The schedule the sampler runs after the jump, and the hand-off sigma (for split graphs)."""
-    plan = plan_teleport(sigmas, handoff, mode)
-    return plan.sigmas.to(sigmas.dtype), plan.sigma_to
+def _too_far(handoff: Handoff, n: int, sigmas: torch.Tensor, param: Parameterization) -> str:
+    last = format_sigma(param.noise_level(float(sigmas[sigmas > 0][-1])))
+    if handoff.kind == "sigma":
+        fix = f"raise the hand-off sigma above {last}, the schedule's last noise level (about 5 is typical)"
+    elif handoff.kind == "steps":
+        fix = f"replace at most {n - 1} steps"
+    else:
+        fix = f"lower the fraction below {(n - 0.5) / n:.3g}"
+    return (f"hand-off {handoff} would replace all {n} steps of the schedule, leaving the model no step to run: "
+            f"{fix}, or add steps")
+
+
+def teleport_sigmas(sigmas: torch.Tensor, handoff: Handoff | str, mode: str = "save",
+                    parameterization: Parameterization | str = VE):
+    """The schedule the sampler runs after the jump, and the hand-off as a noise level (for split graphs)."""
+    plan = plan_teleport(sigmas, handoff, mode, parameterization)
+    return plan.sigmas.to(sigmas.dtype), plan.noise_level_to
 
 
 def respace(sigmas: torch.Tensor, start: float, steps: int) -> torch.Tensor:
@@ -141,18 +240,22 @@ def respace(sigmas: torch.Tensor, start: float, steps: int) -> torch.Tensor:
     sigmas = sigmas.to(torch.float64)
     pos = sigmas[sigmas > 0]
     zeros = len(sigmas) - len(pos)
-    if not float(pos[-1]) < start <= float(pos[0]) and not (len(pos) == 1 and start == float(pos[0])):
-        raise ValueError(f"cannot re-space from σ {start:.4g}: it is outside the schedule's range "
-                         f"[{float(pos[-1]):.4g}, {float(pos[0]):.4g}]")
+    lo, hi = float(pos[-1]), float(pos[0])
+    if start > hi * (1 + 1e-12):
+        raise ValueError(f"cannot re-space from σ {start:.4g}: it is above the schedule's start σ {hi:.4g}")
+    if start <= lo and not (len(pos) == 1 and start == lo):
+        raise ValueError(f"same_budget re-spaces the steps between the hand-off and the schedule's last noise "
+                         f"level σ {lo:.4g}, but the hand-off σ {start:.4g} is not above it: replace fewer steps, "
+                         "or use save mode")
     logs = pos.log()
     u_start = _fractional_index(logs, math.log(start))
     count = steps + 1 - zeros
     if count < 2:
         raise ValueError(f"{steps} step(s) leave no room for a re-spaced schedule")
     u = torch.linspace(u_start, len(pos) - 1, count, dtype=torch.float64)
-    lo = u.floor().long().clamp(max=len(pos) - 2)
-    t = u - lo
-    new = torch.exp(logs[lo] * (1 - t) + logs[lo + 1] * t)
+    lo_i = u.floor().long().clamp(max=len(pos) - 2)
+    t = u - lo_i
+    new = torch.exp(logs[lo_i] * (1 - t) + logs[lo_i + 1] * t)
     new[0] = start
     return torch.cat([new, sigmas.new_zeros(zeros)])
 

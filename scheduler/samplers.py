@@ -21,6 +21,11 @@ def to_d(x, sigma, denoised):
     return (x - denoised) / sigma
 
 
+def euler_step(x, sigma, sigma_next, denoised):
+    """One Euler step of the probability-flow ODE; with σ = t it is also the flow models' Euler step."""
+    return x + to_d(x, sigma, denoised) * (sigma_next - sigma)
+
+
 def _s_in(x):
     return x.new_ones([x.shape[0]])
 
@@ -34,7 +39,7 @@ def sample_euler(model, x, sigmas, extra_args=None, callback=None, disable=None)
         denoised = model(x, sigmas[i] * s_in, **extra_args)
         if callback is not None:
             callback({"x": x, "i": i, "sigma": sigmas[i], "sigma_hat": sigmas[i], "denoised": denoised})
-        x = x + to_d(x, sigmas[i], denoised) * (sigmas[i + 1] - sigmas[i])
+        x = euler_step(x, sigmas[i], sigmas[i + 1], denoised)
     return x
 
 

@@ -32,7 +32,3 @@ def get_sigmas_flow(n: int, shift: float = 3.0) -> torch.Tensor:
     t = torch.linspace(1, 0, n + 1, dtype=torch.float64)
     return shift * t / (1 + (shift - 1) * t)
 
-
-def ve_to_flow_sigma(sigma):
-    """A VE noise level σ as a rectified-flow time: t = σ / (1 + σ), where x/(1 − t) = x0 + σε."""
-    return sigma / (1 + sigma)

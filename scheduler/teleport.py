@@ -1,7 +1,9 @@
 """The Gaussian-teleport sampler in k-diffusion's function form.
 
 from: Wang & Vastola, arXiv 2311.10892, §"Gaussian teleportation": replace the high-noise steps by the
-closed-form flow of the data's Gaussian, then let an ordinary sampler finish the schedule.
+closed-form flow of the data's Gaussian, then let an ordinary sampler finish the schedule. The mean
+may come from the model itself (one call at the start), which makes the jump prompt-aware under
+classifier-free guidance: μ̂ = (I + α²Σ/σ²)·D − (αΣ/σ²)·x is exact for a Gaussian.
 """
 
 from __future__ import annotations
@@ -12,37 +14,36 @@ from typing import Callable
 
 import torch
 
-from ..moments.gaussian import gaussian_flow_and_x0
-from ..moments.structures import GaussianMoments
+from ..moments.base import GaussianMoments, MomentsError
+from ..moments.latent_formats import LatentFormat
+from .binding import ModelGaussian, bind_moments
 from .handoff import Handoff, TeleportPlan, plan_teleport
+from .parameterization import Parameterization
+from .settings import DEFAULT_HANDOFF, DEFAULT_MEAN, DEFAULT_MODE, MEANS
 
 log = logging.getLogger("gaussian_teleport")
 
-PARAMETERIZATIONS = ("ve", "flow")
+MomentsSource = "GaussianMoments | Callable[[], GaussianMoments]"
 
 
-def path_alpha(parameterization: str, sigma: float) -> float:
-    """α(σ) of the host's sampling space: 1 for VE models, 1 − σ for rectified flow (σ = t)."""
-    if parameterization == "ve":
-        return 1.0
-    if parameterization == "flow":
-        return 1.0 - float(sigma)
-    raise ValueError(f"parameterization must be one of {PARAMETERIZATIONS}, got {parameterization!r}")
-
-
-def compute_dtype(ref: GaussianMoments | torch.Tensor) -> torch.dtype:
-    """At least float32; float64 when the moments (or tensor) are float64, the reference precision."""
-    dtype = ref.mean.dtype if isinstance(ref, GaussianMoments) else ref.dtype
-    return torch.promote_types(dtype, torch.float32)
+def check_latent(x: torch.Tensor) -> None:
+    """A floating (B, C, H, W) latent; ValueError naming what else was given."""
+    if not isinstance(x, torch.Tensor) or x.dim() != 4:
+        shape = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
+        raise ValueError(f"teleport works on image latents (B, C, H, W); got {shape} (video and audio latents are "
+                         "not supported)")
+    if not x.is_floating_point():
+        raise ValueError(f"the latent must be floating point, got {x.dtype}")
 
 
 def teleport_jump(moments: GaussianMoments, x: torch.Tensor, sigma_from: float, sigma_to: float,
-                  parameterization: str = "ve"):
-    """Jump x from σ_T to the hand-off σ; returns (x at hand-off, Gaussian x0 prediction at σ_T)."""
-    op = moments.operator(x.shape[1:], device=x.device, dtype=compute_dtype(moments))
-    a0, a1 = path_alpha(parameterization, sigma_from), path_alpha(parameterization, sigma_to)
-    x_new, x0 = gaussian_flow_and_x0(op, x.to(op.mean.dtype), sigma_from, sigma_to, a0, a1)
-    return x_new.to(x.dtype), x0.to(x.dtype)
+                  parameterization: Parameterization | str = "ve", latent_format: LatentFormat | str | None = None):
+    """Jump x from σ_T to σ (sampler units); returns (x at σ, the Gaussian x0 prediction at σ_T)."""
+    gauss = bind_moments(moments, x.shape[1:], latent_format=latent_format, parameterization=parameterization,
+                         device=x.device)
+    xc = x.to(gauss.dtype)
+    (_, x0), (landed, _) = gauss.trajectory(xc, sigma_from, [sigma_from, sigma_to])
+    return landed.to(x.dtype), x0.to(x.dtype)
 
 
 def _offset_callback(callback, offset: int):
@@ -51,38 +52,78 @@ def _offset_callback(callback, offset: int):
     return lambda info: callback({**info, "i": info["i"] + offset})
 
 
+def jump(model, x: torch.Tensor, sigmas: torch.Tensor, plan: TeleportPlan, gauss: ModelGaussian,
+         extra_args: dict, callback) -> torch.Tensor:
+    """x carried from sigmas[0] to the plan's hand-off: the model-mean probe (if any), then the closed form.
+
+    Callbacks: in save mode one per replaced step (x and x0 on the Gaussian's path; the first carries the
+    probe's x0 when there is one), so progress bars and previews count the real steps; in same_budget
+    mode only the probe's.
+    """
+    xc = x.to(gauss.dtype)
+    mean, probed = None, None
+    if plan.probe_calls:
+        probed = model(x, float(plan.sigma_from) * x.new_ones([x.shape[0]]), **extra_args)
+        mean = gauss.implied_mean(xc, probed.to(gauss.dtype), plan.sigma_from)
+    shown = [float(s) for s in sigmas[:plan.skipped]] if plan.mode == "save" else []
+    points = gauss.trajectory(xc, plan.sigma_from, shown + [plan.sigma_to], mean)
+    if callback is not None:
+        if probed is not None and not shown:
+            shown, points = [plan.sigma_from], [(xc, probed)] + points
+        for i, (s, (xi, di)) in enumerate(zip(shown, points)):
+            d = probed if (i == 0 and probed is not None) else di.to(x.dtype)
+            callback({"x": xi.to(x.dtype), "i": i, "sigma": sigmas[i], "sigma_hat": sigmas[i], "denoised": d})
+    return points[-1][0].to(x.dtype)
+
+
 def sample_teleport(model, x, sigmas, extra_args=None, callback=None, disable=None, *,
-                    moments: GaussianMoments, sampler: Callable, handoff: Handoff | str,
-                    mode: str = "save", parameterization: str = "ve",
-                    on_plan: Callable[[TeleportPlan], None] | None = None, **sampler_options):
+                    moments: MomentsSource, sampler: Callable, handoff: Handoff | str = DEFAULT_HANDOFF,
+                    mode: str = DEFAULT_MODE, mean: str = DEFAULT_MEAN, parameterization: Parameterization | str = "ve",
+                    latent_format: LatentFormat | str | None = None, no_jump: str | None = None,
+                    img2img: bool = False, on_plan: Callable[[TeleportPlan], None] | None = None,
+                    **sampler_options):
     """Jump from sigmas[0] to the hand-off in closed form, then run ``sampler`` on the rest.
 
-    ``moments`` must be in the sampler's (model) space. ``x`` is taken as given at sigmas[0] (the host
-    has already scaled the noise). With no jump (hand-off at or above sigmas[0], or 0 steps) this calls
-    ``sampler`` with exactly the arguments it was given, so the result is bit-identical.
+    ``x`` is taken as given at sigmas[0] (the host has already scaled the noise). ``moments`` are in the
+    sampler's space, or raw ones with the model's ``latent_format``; a callable is called only when a
+    jump happens (lazy loading). ``mean``: "data" (the moments' mean) or "model" (each sample's mean
+    from one model call at sigmas[0]). ``no_jump``: a host's reason to pass through (an inpainting
+    mask). With no jump this calls ``sampler`` with exactly the arguments it was given, so the result is
+    bit-identical. ``on_plan`` receives the plan (the record to show) before any model call.
     """
-    handoff = Handoff.parse(handoff) if isinstance(handoff, str) else handoff
-    plan = plan_teleport(sigmas, handoff, mode)
+    check_latent(x)
+    if mean not in MEANS:
+        raise ValueError(f"teleport mean must be one of {MEANS}, got {mean!r}")
+    plan = plan_teleport(sigmas, handoff, mode, parameterization, mean=mean, no_jump=no_jump, img2img=img2img)
+    gauss = None
+    if plan.jumped:   # bind before anything runs, so a mismatch stops the run before any model call
+        source = moments() if callable(moments) else moments
+        if not isinstance(source, GaussianMoments):
+            raise MomentsError(f"teleport needs Gaussian moments, got {type(source).__name__}")
+        gauss = bind_moments(source, x.shape[1:], latent_format=latent_format, parameterization=plan.parameterization,
+                             device=x.device)
     log.info(plan.summary())
     if on_plan is not None:
         on_plan(plan)
     if not plan.jumped:
         return sampler(model, x, sigmas, extra_args=extra_args, callback=callback, disable=disable,
                        **sampler_options)
-    x, x0 = teleport_jump(moments, x, plan.sigma_from, plan.sigma_to, parameterization)
-    if callback is not None:
-        callback({"x": x, "i": max(plan.step_offset - 1, 0), "sigma": sigmas[0], "sigma_hat": sigmas[0],
-                  "denoised": x0})
+    if x.shape[0] == 0:
+        return x.clone()
+    x = jump(model, x, sigmas, plan, gauss, extra_args or {}, callback)
     rest = plan.sigmas.to(device=sigmas.device, dtype=sigmas.dtype)
     return sampler(model, x, rest, extra_args=extra_args, callback=_offset_callback(callback, plan.step_offset),
                    disable=disable, **sampler_options)
 
 
-def make_teleport_sampler(sampler: Callable, moments: GaussianMoments, handoff: Handoff | str, *,
-                          mode: str = "save", parameterization: str = "ve",
+def make_teleport_sampler(sampler: Callable, moments: MomentsSource, handoff: Handoff | str = DEFAULT_HANDOFF, *,
+                          mode: str = DEFAULT_MODE, mean: str = DEFAULT_MEAN,
+                          parameterization: Parameterization | str = "ve",
+                          latent_format: LatentFormat | str | None = None,
                           on_plan: Callable[[TeleportPlan], None] | None = None, **sampler_options):
     """A k-diffusion-form function fn(model, x, sigmas, extra_args, callback, disable) with teleport."""
-    fn = functools.partial(sample_teleport, moments=moments, sampler=sampler, handoff=handoff, mode=mode,
-                           parameterization=parameterization, on_plan=on_plan, **sampler_options)
+    fn = functools.partial(sample_teleport, moments=moments, sampler=sampler, handoff=handoff, mode=mode, mean=mean,
+                           parameterization=parameterization, latent_format=latent_format, on_plan=on_plan,
+                           **sampler_options)
     functools.update_wrapper(fn, sample_teleport)
     return fn

@@ -69,6 +69,7 @@ def pack_module(name: str):
 
 
 def node_class(node_id: str):
+    """A node class as ComfyUI registered it (V3: from the pack's comfy_entrypoint)."""
     import nodes
 
     load_pack()
@@ -95,24 +96,30 @@ class _NoNet(torch.nn.Module):
 
 
 def gaussian_denoiser(mean: torch.Tensor, cov: torch.Tensor, parameterization: str):
-    """E[x0 | x] for x = α·x0 + σ·ε from an eigendecomposition of Σ (independent of the pack's operators)."""
+    """E[x0 | x] for x = α·x0 + σ·ε from an eigendecomposition of Σ (independent of the pack's operators).
+
+    ``shift`` (one number per sample) moves that sample's mean: a prompt-dependent Gaussian.
+    """
     mean = mean.double().flatten()
     lam, u = torch.linalg.eigh(cov.double())
 
-    def denoise(x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+    def denoise(x: torch.Tensor, sigma: torch.Tensor, shift=None) -> torch.Tensor:
         flat = x.double().reshape(x.shape[0], -1)
         s = sigma.double().reshape(-1, 1)
         a = 1.0 - s if parameterization == "flow" else torch.ones_like(s)
-        coeff = (flat - a * mean) @ u * (a * lam / (a * a * lam + s * s))
-        return (mean + coeff @ u.T).reshape(x.shape).to(x.dtype)
+        mu = mean if shift is None else mean + shift.double().reshape(-1, 1)
+        coeff = (flat - a * mu) @ u * (a * lam / (a * a * lam + s * s))
+        return (mu + coeff @ u.T).reshape(x.shape).to(x.dtype)
 
     return denoise
 
 
-def tiny_model(family: str, raw_mean: torch.Tensor, raw_cov: torch.Tensor):
+def tiny_model(family: str, raw_mean: torch.Tensor, raw_cov: torch.Tensor, prompt_shift: bool = False):
     """A ModelPatcher of a ComfyUI SD15 (EPS) or SD3 (flow) model with the Gaussian as its denoiser.
 
-    The Gaussian is converted to the model's space with the latent format's own scale/shift.
+    The Gaussian is converted to the model's space with the latent format's own scale/shift. With
+    ``prompt_shift`` each sample's mean moves by the mean of its text conditioning, so the conditional and
+    unconditional Gaussians differ (in mean only) and CFG's guided denoiser is the Gaussian of μ_w.
     """
     import comfy.model_patcher
     import comfy.supported_models
@@ -129,14 +136,20 @@ def tiny_model(family: str, raw_mean: torch.Tensor, raw_cov: torch.Tensor):
     mean = (raw_mean.double() - shift[:, None, None]) * scale[:, None, None]
     cov = a[:, None] * raw_cov.double() * a[None, :]
     denoise = gaussian_denoiser(mean, cov, "flow" if family == "SD3" else "ve")
+
+    def wrapper(apply_model, args):
+        text = args["c"].get("c_crossattn") if prompt_shift else None
+        moved = None if text is None else text.flatten(1).mean(1)
+        return denoise(args["input"], args["timestep"], moved)
+
     patcher = comfy.model_patcher.ModelPatcher(model, load_device=torch.device("cpu"),
                                                offload_device=torch.device("cpu"))
-    patcher.set_model_unet_function_wrapper(lambda apply_model, args: denoise(args["input"], args["timestep"]))
+    patcher.set_model_unet_function_wrapper(wrapper)
     return patcher
 
 
-def conditioning():
-    return [[torch.zeros(1, 1, 8), {"pooled_output": torch.zeros(1, 8)}]]
+def conditioning(value: float = 0.0):
+    return [[torch.full((1, 1, 8), float(value)), {"pooled_output": torch.zeros(1, 8)}]]
 
 
 def random_gaussian(shape, seed: int, model_scale: float):

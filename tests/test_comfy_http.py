@@ -118,20 +118,26 @@ class Server:
                 time.sleep(1)
         raise TimeoutError("ComfyUI did not start:\n" + self.output())
 
-    def run(self, prompt, timeout=240, expect_error=None):
+    def submit(self, prompt):
+        """(prompt_id, None), or (None, the error body) when the server refuses the prompt at submission."""
         req = urllib.request.Request(self.url + "/prompt", data=json.dumps({"prompt": prompt}).encode(),
                                      headers={"Content-Type": "application/json"})
         try:
             with urllib.request.urlopen(req, timeout=30) as r:
-                prompt_id = json.loads(r.read())["prompt_id"]
+                return json.loads(r.read())["prompt_id"], None
         except urllib.error.HTTPError as exc:
-            raise AssertionError(f"prompt rejected: {exc.read().decode()}") from None
+            return None, exc.read().decode()
+
+    def run(self, prompt, timeout=240, expect_error=None):
+        prompt_id, refused = self.submit(prompt)
+        if refused is not None:
+            raise AssertionError(f"prompt rejected: {refused}")
         end = time.time() + timeout
         while time.time() < end:
             history = self.get(f"/history/{prompt_id}")
             if prompt_id in history and history[prompt_id].get("status", {}).get("completed") is not None:
                 entry = history[prompt_id]
-                errors = [m[1].get("exception_message", "") + m[1].get("traceback", [""])[-1]
+                errors = [m[1].get("exception_type", "") + ": " + m[1].get("exception_message", "")
                           for m in entry["status"].get("messages", []) if m[0] == "execution_error"]
                 if expect_error is not None:
                     assert entry["status"]["status_str"] == "error" and expect_error in " ".join(errors), errors
@@ -189,7 +195,7 @@ def common(seed=1, batch=2):
 
 def test_nodes_registered_with_tooltips(server):
     ours = {k: v for k, v in server.info.items() if k.startswith("GaussianTeleport")}
-    assert len(ours) == 9, sorted(ours)
+    assert len(ours) == 10, sorted(ours)
     for name, info in ours.items():
         assert info["category"] == "Gaussian Teleport"
         for group in ("required", "optional"):
@@ -218,12 +224,12 @@ def test_estimate_save_then_teleport_through_http(server):
     wf["batch"] = {"class_type": "ImageBatch", "inputs": {"image1": ["img_a", 0], "image2": ["img_b", 0]}}
     wf["estimate"]["inputs"]["images"] = ["batch", 0]
     entry = server.run(wf)
-    assert "saved to tiny_sd3.safetensors" in json.dumps(entry["outputs"]["save"])
+    assert "saved as tiny_sd3.safetensors" in json.dumps(entry["outputs"]["save"])
     assert os.path.isfile(os.path.join(server.base, "models", "moments", "tiny_sd3.safetensors"))
 
     sampler = {"class_type": "GaussianTeleportSampler", "inputs": {
-        "moments": ["load", 0], "sampler_name": "euler", "handoff_kind": "sigma", "handoff_value": 0.85,
-        "mode": "save"}}
+        "moments": ["load", 0], "sampler_name": "euler", "handoff_kind": "sigma", "handoff_value": 5.667,
+        "mode": "save", "mean": "model"}}
     wf = common() | {
         "load": {"class_type": "GaussianTeleportLoadMoments", "inputs": {"moments_file": "tiny_sd3.safetensors"}},
         "sampler": sampler,
@@ -239,7 +245,7 @@ def test_estimate_save_then_teleport_through_http(server):
     }
     entry = server.run(wf)
     assert len(entry["outputs"]["out"]["images"]) == 2
-    assert "teleport: jumped σ 1 →" in server.output()
+    assert "teleport: jumped t 1 (σ ∞) → t 0.8" in server.output() and "mean from one model call" in server.output()
 
 
 def test_ksampler_variant_on_an_eps_model_through_http(server):
@@ -249,7 +255,7 @@ def test_ksampler_variant_on_an_eps_model_through_http(server):
         "load": {"class_type": "GaussianTeleportLoadMoments", "inputs": {"moments_file": "tiny_sd3.safetensors"}},
         "attach": {"class_type": "GaussianTeleportAttachMoments", "inputs": {
             "model": ["eps", 0], "moments": ["load", 0], "handoff_kind": "steps", "handoff_value": 3,
-            "mode": "save"}},
+            "mode": "save", "mean": "data"}},
         "ks": {"class_type": "KSampler", "inputs": {
             "model": ["attach", 0], "seed": 3, "steps": 8, "cfg": 1.0, "sampler_name": "teleport_dpmpp_2m",
             "scheduler": "karras", "positive": ["cond", 0], "negative": ["cond", 0], "latent_image": ["latent", 0],
@@ -259,7 +265,7 @@ def test_ksampler_variant_on_an_eps_model_through_http(server):
     }
     entry = server.run(wf)
     assert len(entry["outputs"]["out"]["images"]) == 1
-    assert "replacing 3 step(s)" in server.output()
+    assert "replacing 3 of 8 steps" in server.output()
     # the dropdown sampler without moments on the model stops with a message that says what to add
     wf["ks"]["inputs"]["model"] = ["eps", 0]
     wf["ks"]["inputs"]["sampler_name"] = "teleport_euler"
@@ -270,26 +276,80 @@ def test_calibrate_preview_and_sigmas_through_http(server):
     wf = common(seed=4, batch=3) | {
         "load": {"class_type": "GaussianTeleportLoadMoments", "inputs": {"moments_file": "tiny_sd3.safetensors"}},
         "guider": {"class_type": "CFGGuider", "inputs": {"model": ["model", 0], "positive": ["cond", 0],
-                                                          "negative": ["cond", 0], "cfg": 1.0}},
+                                                          "negative": ["cond", 0], "cfg": 3.0}},
         "sigmas": {"class_type": "BasicScheduler", "inputs": {"model": ["model", 0], "scheduler": "simple",
                                                               "steps": 6, "denoise": 1.0}},
         "cal": {"class_type": "GaussianTeleportCalibrate", "inputs": {
             "guider": ["guider", 0], "sigmas": ["sigmas", 0], "latent": ["latent", 0], "moments": ["load", 0],
-            "noise": ["noise", 0], "threshold": 0.99}},
+            "noise": ["noise", 0], "sampler_name": "euler", "mean": "model", "tolerance": 0.03}},
         "cut": {"class_type": "GaussianTeleportSigmas", "inputs": {
-            "sigmas": ["sigmas", 0], "handoff_kind": "fraction", "handoff_value": 0.5, "mode": "same_budget"}},
+            "sigmas": ["sigmas", 0], "handoff_kind": "fraction", "handoff_value": 0.5, "mode": "same_budget",
+            "model": ["model", 0]}},
         "preview": {"class_type": "GaussianTeleportPreview", "inputs": {
             "model": ["model", 0], "moments": ["load", 0], "noise": ["noise", 0], "latent": ["latent", 0],
             "sigma": 0.5}},
         "decode": {"class_type": "VAEDecode", "inputs": {"samples": ["preview", 0], "vae": ["vae", 0]}},
         "out": {"class_type": "PreviewImage", "inputs": {"images": ["decode", 0]}},
-        "plot": {"class_type": "PreviewImage", "inputs": {"images": ["cal", 0]}},
+        "plot": {"class_type": "PreviewImage", "inputs": {"images": ["cal", 1]}},
+        "ev": {"class_type": "PreviewImage", "inputs": {"images": ["cal", 3]}},
     }
     entry = server.run(wf)
     assert len(entry["outputs"]["cal"]["images"]) == 1
     assert len(entry["outputs"]["out"]["images"]) == 3
-    assert "score EV" in json.dumps(entry["outputs"]["cal"]["text"])
-    assert "Gaussian Teleport calibration" in server.output()
+    said = entry["outputs"]["cal"]["text"][0]
+    assert "of 6 steps replaced" in said and "calls 6 →" in said or said.startswith("do not teleport"), said
+    assert "Gaussian Teleport calibration" in server.output() and "steps replaced" in server.output()
+
+
+def test_moments_from_the_model_then_sample_through_http(server):
+    """No images: moments read off the model, saved, loaded and sampled with."""
+    wf = common(seed=5, batch=1) | {
+        "estimate": {"class_type": "GaussianTeleportEstimateMomentsModel", "inputs": {
+            "model": ["model", 0], "width": 64, "height": 64, "structure": "stationary", "rank": 8, "sigma": 10.0,
+            "conditioning": ["cond", 0], "prompt": "unconditional", "seed": 0}},
+        "save": {"class_type": "GaussianTeleportSaveMoments", "inputs": {
+            "moments": ["estimate", 0], "filename": "from_model", "if_exists": "overwrite", "storage": "auto"}},
+    }
+    entry = server.run(wf)
+    assert "model calls of batch" in json.dumps(entry["outputs"]["estimate"]["text"])
+    assert os.path.isfile(os.path.join(server.base, "models", "moments", "from_model.safetensors"))
+    wf = common(seed=6, batch=1) | {
+        "load": {"class_type": "GaussianTeleportLoadMoments", "inputs": {"moments_file": "from_model.safetensors"}},
+        "attach": {"class_type": "GaussianTeleportAttachMoments", "inputs": {
+            "model": ["model", 0], "moments": ["load", 0], "handoff_kind": "sigma", "handoff_value": 5.0,
+            "mode": "save", "mean": "model"}},
+        "ks": {"class_type": "KSampler", "inputs": {
+            "model": ["attach", 0], "seed": 3, "steps": 8, "cfg": 2.0, "sampler_name": "teleport_euler",
+            "scheduler": "simple", "positive": ["cond", 0], "negative": ["cond", 0], "latent_image": ["latent", 0],
+            "denoise": 1.0}},
+        "decode": {"class_type": "VAEDecode", "inputs": {"samples": ["ks", 0], "vae": ["vae", 0]}},
+        "out": {"class_type": "SaveImage", "inputs": {"images": ["decode", 0], "filename_prefix": "gt_from_model"}},
+    }
+    assert len(server.run(wf)["outputs"]["out"]["images"]) == 1
+
+
+def test_bad_input_is_named_at_submission_or_with_a_clean_type(server):
+    wf = common() | {"load": {"class_type": "GaussianTeleportLoadMoments",
+                              "inputs": {"moments_file": "missing.safetensors"}},
+                     "save": {"class_type": "GaussianTeleportSaveMoments", "inputs": {
+                         "moments": ["load", 0], "filename": "x", "if_exists": "error", "storage": "auto"}}}
+    prompt_id, refused = server.submit(wf)
+    assert prompt_id is None and "not in models/moments" in refused
+    # a moments file made for 64×64 latents used at 96×96: stopped with our type name, not a file path
+    wf = common(seed=7, batch=1) | {
+        "load": {"class_type": "GaussianTeleportLoadMoments", "inputs": {"moments_file": "tiny_sd3.safetensors"}},
+        "attach": {"class_type": "GaussianTeleportAttachMoments", "inputs": {
+            "model": ["model", 0], "moments": ["load", 0], "handoff_kind": "steps", "handoff_value": 2,
+            "mode": "save", "mean": "data"}},
+        "ks": {"class_type": "KSampler", "inputs": {
+            "model": ["attach", 0], "seed": 3, "steps": 6, "cfg": 1.0, "sampler_name": "teleport_euler",
+            "scheduler": "simple", "positive": ["cond", 0], "negative": ["cond", 0], "latent_image": ["latent", 0],
+            "denoise": 1.0}},
+        "out": {"class_type": "PreviewImage", "inputs": {"images": ["decode", 0]}},
+        "decode": {"class_type": "VAEDecode", "inputs": {"samples": ["ks", 0], "vae": ["vae", 0]}},
+    }
+    wf["latent"]["inputs"].update(width=96, height=96)
+    server.run(wf, expect_error="gaussian_teleport.MomentsError: lowrank moments were estimated for latents of")
 
 
 def widget_inputs(info):

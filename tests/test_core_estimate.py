@@ -84,7 +84,7 @@ def test_gram_route_when_fewer_samples_than_dimensions_is_exact():
     acc = MomentAccumulator("lowrank", rank=16, dense_max_dim=100)
     for part in data.split(9):
         acc.add(part)
-    assert acc.uses_sketch and acc.sketch.shape[1] <= acc.sketch_cols  # nothing truncated: exact
+    assert not acc.exact_scatter and acc.columns.shape[1] <= acc.sketch_cols  # nothing truncated: exact
     m = finalize(acc)
     flat = data.reshape(40, -1).numpy()
     centered = flat - flat.mean(0)

@@ -158,16 +158,24 @@ def test_lowrank_refuses_unequal_channel_scales_with_a_fix():
 
 
 def test_channel_mismatch_names_the_model_family():
-    raw = estimate_moments([correlated_latents(50, (4, 2, 2), seed=6)], "dense", latent_format="SD15")
-    with pytest.raises(MomentsError, match="16 channels"):
+    raw = estimate_moments([correlated_latents(50, (4, 2, 2), seed=6)], "dense")
+    with pytest.raises(MomentsError, match="4 latent channels but Flux latents have 16"):
         to_model_space_named(raw, "Flux")
     with pytest.raises(MomentsError, match="latent channels"):
         raw.operator((16, 2, 2))
 
 
+@pytest.mark.parametrize("space", ["raw", "model"])
+def test_moments_made_for_one_family_are_refused_for_another_with_both_names(space):
+    """Issue 14 #8: SD15 moments were silently converted with SDXL's scale and retagged."""
+    raw = estimate_moments([correlated_latents(50, (4, 2, 2), seed=6)], "dense", latent_format="SD15", space=space)
+    with pytest.raises(MomentsError, match="made for SD15 latents but the model uses SDXL"):
+        to_model_space_named(raw, "SDXL")
+    assert to_model_space_named(raw, "SD15").latent_format == "SD15"
+
 
 def test_auto_storage_halves_only_large_eigenvectors():
-    from gaussian_teleport.moments.io import AUTO_HALF_ABOVE, storage_dtype
+    from gaussian_teleport.moments.files import AUTO_HALF_ABOVE, storage_dtype
 
     small = estimate_moments([correlated_latents(20, (2, 4, 4), seed=7)], "lowrank", rank=4)
     assert storage_dtype(small) == "float32"

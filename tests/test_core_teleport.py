@@ -123,7 +123,7 @@ def test_under_a_gaussian_model_the_jump_only_removes_error(moments, name):
     plain_calls = len(model.calls)
     model.calls.clear()
     tele = sample_teleport(model, x, sigmas, disable=True, moments=moments, sampler=SAMPLERS[name],
-                           handoff=Handoff("steps", 5))
+                           handoff=Handoff("steps", 5), mean="data")
     err = lambda y: float((y - exact).norm() / exact.norm())
     assert err(tele) <= err(plain) * 1.0001 + 1e-12
     assert len(model.calls) == plain_calls - (10 if name == "heun" else 5)
@@ -139,7 +139,7 @@ def test_same_budget_beats_the_plain_sampler_at_equal_calls(moments):
     n_plain = len(model.calls)
     model.calls.clear()
     same = sample_teleport(model, x, sigmas, disable=True, moments=moments, sampler=sample_euler,
-                           handoff="sigma:4.0", mode="same_budget")
+                           handoff="sigma:4.0", mode="same_budget", mean="data")
     assert len(model.calls) == n_plain
     assert float((same - exact).norm()) < 0.8 * float((plain - exact).norm())
 
@@ -158,14 +158,34 @@ def test_flow_models_from_pure_noise(moments):
     assert errors[1] < errors[0] / 3, errors  # first order: 4× the steps, about ¼ the error
 
 
-def test_callbacks_count_the_real_steps_and_preview_the_gaussian_x0(moments):
+def test_callbacks_count_the_real_steps_and_preview_the_gaussian_path(moments):
+    """One callback per replaced step (so host progress bars end at their total), each on the Gaussian's path."""
     x = noise() * float(SIGMAS[0])
     seen = []
     sample_teleport(gaussian_model(moments), x, SIGMAS, callback=seen.append, disable=True, moments=moments,
-                    sampler=sample_euler, handoff="steps:4")
-    assert [info["i"] for info in seen] == [3, 4, 5, 6, 7, 8, 9]
-    want = gaussian_x0(moments.operator(SHAPE), x, float(SIGMAS[0]))
-    torch.testing.assert_close(seen[0]["denoised"], want)
+                    sampler=sample_euler, handoff="steps:4", mean="data")
+    assert [info["i"] for info in seen] == list(range(10))
+    op = moments.operator(SHAPE)
+    for i in range(4):
+        on_path = gaussian_flow(op, x, float(SIGMAS[0]), float(SIGMAS[i]))
+        torch.testing.assert_close(seen[i]["x"], on_path)
+        torch.testing.assert_close(seen[i]["denoised"], gaussian_x0(op, on_path, float(SIGMAS[i])))
+        assert float(seen[i]["sigma"]) == float(SIGMAS[i])
+
+
+def test_the_model_mean_probe_is_one_call_seen_by_the_callback(moments):
+    x = noise() * float(SIGMAS[0])
+    model, seen = gaussian_model(moments), []
+    sample_teleport(model, x, SIGMAS, callback=seen.append, disable=True, moments=moments, sampler=sample_euler,
+                    handoff="steps:4", mean="model")
+    assert len(model.calls) == 10 - 4 + 1 and model.calls[0] == float(SIGMAS[0])
+    assert [info["i"] for info in seen] == list(range(10))
+    torch.testing.assert_close(seen[0]["denoised"], gaussian_x0(moments.operator(SHAPE), x, float(SIGMAS[0])))
+    model.calls.clear()
+    same = []
+    sample_teleport(model, x, SIGMAS, callback=same.append, disable=True, moments=moments, sampler=sample_euler,
+                    handoff="sigma:4", mode="same_budget", mean="model")
+    assert len(model.calls) == 10 + 1 and [info["i"] for info in same] == [0] + list(range(10))
 
 
 def test_results_do_not_depend_on_batch_composition(moments):
