@@ -10,7 +10,7 @@ from .eigen import DENSE_MAX_DIM, DenseMoments, LowRankMoments
 from .stationary import StationaryMoments
 from .estimate import estimate_moments, estimate_moments_from_images, fit_images, start_accumulator, target_size
 from .from_model import estimate_moments_from_model
-from .files import (EXTENSION, MOMENTS_FOLDER, MomentsFiles, is_moments_file, list_moments_files, load_moments,
+from .files import (EXTENSION, MOMENTS_FOLDER, MomentsFiles, contained_path, is_moments_file, list_moments_files, load_moments,
                     moments_from_tensors, moments_save_path, path_inside, read_header, save_moments)
 from .gaussian import gaussian_flow, gaussian_trajectory, gaussian_x0, model_implied_mean, variance_from_gain
 from .latent_formats import LATENT_FORMATS, NO_FORMAT, LatentFormat, find_latent_format, to_model_space, to_model_space_named
@@ -22,7 +22,7 @@ __all__ = [
     "DENSE_MAX_DIM", "DenseMoments", "LowRankMoments", "StationaryMoments",
     "estimate_moments", "estimate_moments_from_images", "fit_images", "start_accumulator", "target_size",
     "estimate_moments_from_model",
-    "EXTENSION", "MOMENTS_FOLDER", "MomentsFiles", "is_moments_file", "list_moments_files", "load_moments",
+    "EXTENSION", "MOMENTS_FOLDER", "MomentsFiles", "contained_path", "is_moments_file", "list_moments_files", "load_moments",
     "moments_from_tensors", "moments_save_path", "path_inside", "read_header", "save_moments",
     "gaussian_flow", "gaussian_trajectory", "gaussian_x0", "model_implied_mean", "variance_from_gain",
     "LATENT_FORMATS", "NO_FORMAT", "LatentFormat", "find_latent_format", "to_model_space", "to_model_space_named",

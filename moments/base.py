@@ -142,6 +142,8 @@ class GaussianMoments:
     def describe(self) -> str:
         source = self.metadata.get("source")
         origin = f", {self.count} samples" if source != "model" else f" from the model at σ {self.metadata.get('sigma')}"
+        if self.metadata.get("capped_directions"):
+            origin += f" ({self.metadata['capped_directions']} direction(s) capped: read at a higher sigma)"
         return (f"{self.structure} moments, latent {shape_str(self.latent_shape)}, rank {self.rank}{origin}, "
                 f"{self.space} space ({self.latent_format})")
 

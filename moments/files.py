@@ -280,13 +280,18 @@ def safe_relative_name(name: str) -> list[str]:
     return parts
 
 
-def path_inside(folder: str, name: str) -> str:
-    """The real path of ``name`` inside ``folder``; ValueError if it would leave the folder (links included)."""
+def contained_path(folder: str, name: str) -> str:
+    """The real path of the '/'-separated ``name`` in ``folder``; ValueError if it leaves the folder (links too)."""
     base = os.path.realpath(folder)
-    path = os.path.realpath(os.path.join(base, *safe_relative_name(name)))
+    path = os.path.realpath(os.path.join(base, *str(name).replace("\\", "/").split("/")))
     if os.path.commonpath([base, path]) != base:
         raise ValueError(f"file name {name!r} points outside the moments folder {folder}")
     return path
+
+
+def path_inside(folder: str, name: str) -> str:
+    """Where a new file named ``name`` goes: a plain name (see safe_relative_name) inside ``folder``."""
+    return contained_path(folder, "/".join(safe_relative_name(name)))
 
 
 def moments_save_path(folder: str, name: str, if_exists: str = "add number") -> str:

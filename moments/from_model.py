@@ -25,7 +25,7 @@ from typing import Callable
 
 import torch
 
-from .base import GaussianMoments, MomentsError, shape_str
+from .base import GaussianMoments, MomentsError, log, shape_str
 from .eigen import DenseMoments, LowRankMoments, descending_eigh
 from .gaussian import model_implied_mean, variance_from_gain
 from .stationary import StationaryMoments, eigh_spectrum
@@ -77,12 +77,16 @@ def _unit(v: torch.Tensor):
     return v / norms.view(-1, *([1] * (v.dim() - 1))), norms
 
 
-def _gains_to_variances(gains: torch.Tensor, sigma: float, alpha: float, where: str) -> torch.Tensor:
-    """λ from Jacobian eigenvalues; a gain at or above 1/α (infinite variance) means σ is too low."""
-    if bool((gains * alpha >= 0.999).any()):
-        raise MomentsError(f"at noise level {where} the model's Jacobian has an eigenvalue of about 1/α (the model "
-                           "is not Gaussian there, or the step is too small): raise sigma")
-    return variance_from_gain(gains.clamp_min(0.0), sigma, alpha)
+MAX_GAIN = 0.99   # α·j at or above this (λ ≥ 99 σ²/α²): the model is not Gaussian there; capped and reported
+
+
+def _gains_to_variances(gains: torch.Tensor, sigma: float, alpha: float, report: dict) -> torch.Tensor:
+    """λ = σ²j / (α(1 − αj)) from Jacobian eigenvalues j. A gain at or above 1/α would be an infinite variance:
+    the model is not Gaussian at this noise level (or is not trained); it is capped and counted in ``report``."""
+    over = gains * alpha >= MAX_GAIN
+    if bool(over.any()):
+        report["capped"] = report.get("capped", 0) + int(over.sum())
+    return variance_from_gain(gains.clamp(0.0, MAX_GAIN / alpha), sigma, alpha)
 
 
 @torch.no_grad()
@@ -137,16 +141,22 @@ def estimate_moments_from_model(model, latent_shape, *, sigma: float = DEFAULT_S
     else:
         total = iterations + draws
     probe = ModelProbe(model, s, extra_args, batch_size, progress, total, device, input_dtype)
+    report: dict = {}
     if structure == "stationary":
-        result = _stationary(probe, shape, s, alpha, h, draws, noise, sigma)
+        result = _stationary(probe, shape, s, alpha, h, draws, noise, report)
     else:
         k = d if structure == "dense" else min(int(rank), d)
-        result = _eigen(probe, shape, s, alpha, h, k, iterations, draws, probes, noise, sigma)
+        result = _eigen(probe, shape, s, alpha, h, k, iterations, draws, probes, noise, report)
+    if report.get("capped"):
+        log.warning("Gaussian Teleport: %d direction(s) of the model's Jacobian at noise level %g reached 1/α: the "
+                    "model is not Gaussian there (or not trained); their variances are capped at %g σ². Read the "
+                    "moments at a higher sigma", report["capped"], sigma, MAX_GAIN / (1 - MAX_GAIN))
     mean, kind, tensors = result
     info = {"source": "model", "sigma": f"{sigma:g}", "structure_from_model": structure, "iterations": iterations,
             "draws": draws, "step": f"{step:g}", "model_calls": probe.calls,
             "batch_sizes": ",".join(str(b) for b in sorted(set(probe.batches))),
-            "evaluations": sum(probe.batches), **(metadata or {})}
+            "evaluations": sum(probe.batches), **({"capped_directions": report["capped"]} if report.get("capped")
+                                                   else {}), **(metadata or {})}
     kw = dict(count=draws, space="model", latent_format=latent_format, metadata=info)
     if kind == "stationary":
         eigvals, eigvecs = tensors
@@ -162,7 +172,7 @@ def _base_point(mean_guess, shape, s, alpha, noise):
     return alpha * mean_guess + s * noise(*shape)
 
 
-def _eigen(probe, shape, s, alpha, h, k, iterations, draws, probes, noise, sigma):
+def _eigen(probe, shape, s, alpha, h, k, iterations, draws, probes, noise, report):
     """Subspace iteration on J, Rayleigh–Ritz on J·Q averaged over draws, Hutchinson for the rest."""
     d = shape[0] * shape[1] * shape[2]
     block = min(d, k + min(max(k // 4, 4), 16))          # a little oversampling for the top k
@@ -198,15 +208,14 @@ def _eigen(probe, shape, s, alpha, h, k, iterations, draws, probes, noise, sigma
             trace_den += float((g * g).sum())
     small = basis.T @ (jq_sum / draws)
     gains, vecs = descending_eigh(0.5 * (small + small.T))
-    where = f"σ {sigma:g}"
     eigvecs = basis @ vecs
-    variances = _gains_to_variances(gains, s, alpha, where)
+    variances = _gains_to_variances(gains, s, alpha, report)
     if k == d:
         residual = torch.tensor(0.0, dtype=torch.float64)
     else:
         dropped = float(gains[k:].clamp_min(0).sum())     # oversampled directions beyond k join the rest
         rest_gain = ((trace_num / trace_den) * complement + dropped) / (d - k) if m else dropped / max(d - k, 1)
-        residual = _gains_to_variances(torch.tensor([max(rest_gain, 0.0)], dtype=torch.float64), s, alpha, where)[0]
+        residual = _gains_to_variances(torch.tensor([max(rest_gain, 0.0)], dtype=torch.float64), s, alpha, report)[0]
     lam, u = variances[:k], eigvecs[:, :k]
     mean = _implied_mean(bases, outputs, s, alpha, lambda v, f: _apply_eigen(v, f, lam, u, residual, k == d))
     kind = "dense" if k == d else "lowrank"
@@ -237,7 +246,7 @@ def _implied_mean(bases, outputs, s, alpha, apply):
     return model_implied_mean(_Op(apply), x, out, s, alpha).mean(0)
 
 
-def _stationary(probe, shape, s, alpha, h, draws, noise, sigma):
+def _stationary(probe, shape, s, alpha, h, draws, noise, report):
     """Per draw one probe per channel with a random-phase white spectrum; J's C×C block per frequency."""
     c, hgt, wid = shape
     blocks = torch.zeros(hgt, wid, c, c, dtype=torch.complex128)
@@ -259,7 +268,7 @@ def _stationary(probe, shape, s, alpha, h, draws, noise, sigma):
         bases.append(base), outputs.append(out)
         mean_guess = out
     gains, vecs = eigh_spectrum(blocks / draws)
-    variances = _gains_to_variances(gains, s, alpha, f"σ {sigma:g}")
+    variances = _gains_to_variances(gains, s, alpha, report)
 
     def apply(v, f):
         spec = torch.fft.fft2(v, norm="ortho").permute(0, 2, 3, 1).unsqueeze(-1)

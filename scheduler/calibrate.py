@@ -57,6 +57,7 @@ class HandoffCalibration:
     scale: float
     mean: str
     explained: ExplainedVariance = field(default_factory=ExplainedVariance)
+    plain: torch.Tensor | None = None      # the plain run's result (a host may return it as the generation)
 
     @property
     def handoff(self) -> Handoff | None:
@@ -119,7 +120,7 @@ def calibrate_handoff(model, x: torch.Tensor, sigmas: torch.Tensor, sampler: Cal
                       extra_args: dict | None = None, tolerance: float = DEFAULT_TOLERANCE, candidates=None,
                       mode: str = "save", latent_format: LatentFormat | str | None = None,
                       progress: Callable[[int, int], None] | None = None, scale: str = CHANGE_SCALE,
-                      **sampler_options) -> HandoffCalibration:
+                      on_run_start: Callable[[], None] | None = None, **sampler_options) -> HandoffCalibration:
     """Recommend the hand-off that replaces the most steps while the result changes by at most ``tolerance``.
 
     ``x``: a few start noises at sigmas[0] (B ≥ 2, already scaled as the sampler gets them); ``model`` the
@@ -139,7 +140,9 @@ def calibrate_handoff(model, x: torch.Tensor, sigmas: torch.Tensor, sampler: Cal
     bound = (2 if "heun" in getattr(sampler, "__name__", "") else 1) * n * (2 + math.ceil(math.log2(len(ks) + 1)))
     counter = CountingModel(model, None if progress is None else (lambda done: progress(done, max(bound, done))))
 
+    start_run = on_run_start or (lambda: None)
     record = ExplainedVariance()
+    start_run()
     plain = sampler(RecordingModel(counter, gauss, record), x, sigmas, extra_args=extra_args, disable=True,
                     **sampler_options)
     calls_plain = counter.calls
@@ -147,6 +150,7 @@ def calibrate_handoff(model, x: torch.Tensor, sigmas: torch.Tensor, sampler: Cal
         unit = spread_between_samples(plain)
     elif scale == "steps":
         coarse = torch.cat([sigmas[:-1][::2], sigmas[-1:]])
+        start_run()
         unit = paired_change(plain, sampler(counter, x, coarse, extra_args=extra_args, disable=True, **sampler_options))
     else:
         raise ValueError(f"scale must be 'spread' or 'steps', got {scale!r}")
@@ -156,6 +160,7 @@ def calibrate_handoff(model, x: torch.Tensor, sigmas: torch.Tensor, sampler: Cal
 
     def measure(k: int) -> Candidate:
         before = counter.calls
+        start_run()
         out = sample_teleport(counter, x, sigmas, extra_args, None, True, moments=gauss.moments, sampler=sampler,
                               handoff=Handoff("steps", k), mode=mode, mean=mean, parameterization=param,
                               **sampler_options)
@@ -176,7 +181,7 @@ def calibrate_handoff(model, x: torch.Tensor, sigmas: torch.Tensor, sampler: Cal
     return HandoffCalibration(curve=sorted(measured.values(), key=lambda c: c.skipped), skipped=best,
                               sigma=levels[best] if best else None, steps=n, calls_plain=calls_plain,
                               calls_teleport=calls_best, calls_spent=counter.calls, tolerance=tolerance,
-                              scale=unit, mean=mean, explained=record)
+                              scale=unit, mean=mean, explained=record, plain=plain)
 
 
 def _candidate_steps(candidates, sigmas, levels, n, param) -> list[int]:

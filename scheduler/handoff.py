@@ -88,6 +88,7 @@ class TeleportPlan:
     reason: str
     parameterization: Parameterization = VE
     mean: str = "data"         # where the jump's mean comes from: "data" (the moments) or "model" (one call)
+    _original: torch.Tensor | None = None
 
     @property
     def sampler_steps(self) -> int:
@@ -102,6 +103,16 @@ class TeleportPlan:
     def noise_level_to(self) -> float:
         """The hand-off as a noise level σ/α (the unit a user types)."""
         return self.parameterization.noise_level(self.sigma_to)
+
+    def without_jump(self, reason: str) -> "TeleportPlan":
+        """The same schedule run unchanged, and why."""
+        return TeleportPlan(False, self.sigma_from, self.sigma_from, 0, self.steps, 0, self.original, self.mode,
+                            reason + ": the sampler runs unchanged", self.parameterization, self.mean)
+
+    @property
+    def original(self) -> torch.Tensor:
+        """The full schedule the plan was made for (before the jump cut it)."""
+        return self._original if self._original is not None else self.sigmas
 
     def where(self, sigma: float) -> str:
         return self.parameterization.describe_sigma(sigma)
@@ -208,7 +219,7 @@ def plan_teleport(sigmas: torch.Tensor, handoff: Handoff | str, mode: str = "sav
     else:
         rest, offset = respace(sigmas, target, n), 0
     reason = "from the image-conditioned start latent (img2img)" if img2img else "from the start noise"
-    return TeleportPlan(True, s0, target, k, n, offset, rest, mode, reason, param, mean)
+    return TeleportPlan(True, s0, target, k, n, offset, rest, mode, reason, param, mean, sigmas)
 
 
 def _too_far(handoff: Handoff, n: int, sigmas: torch.Tensor, param: Parameterization) -> str:

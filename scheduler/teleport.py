@@ -81,7 +81,7 @@ def sample_teleport(model, x, sigmas, extra_args=None, callback=None, disable=No
                     mode: str = DEFAULT_MODE, mean: str = DEFAULT_MEAN, parameterization: Parameterization | str = "ve",
                     latent_format: LatentFormat | str | None = None, no_jump: str | None = None,
                     img2img: bool = False, on_plan: Callable[[TeleportPlan], None] | None = None,
-                    **sampler_options):
+                    on_mismatch: str = "raise", **sampler_options):
     """Jump from sigmas[0] to the hand-off in closed form, then run ``sampler`` on the rest.
 
     ``x`` is taken as given at sigmas[0] (the host has already scaled the noise). ``moments`` are in the
@@ -90,6 +90,8 @@ def sample_teleport(model, x, sigmas, extra_args=None, callback=None, disable=No
     from one model call at sigmas[0]). ``no_jump``: a host's reason to pass through (an inpainting
     mask). With no jump this calls ``sampler`` with exactly the arguments it was given, so the result is
     bit-identical. ``on_plan`` receives the plan (the record to show) before any model call.
+    ``on_mismatch="pass"``: moments that do not fit this latent (a hires pass at another size) run the
+    sampler unchanged with the reason recorded, instead of raising.
     """
     check_latent(x)
     if mean not in MEANS:
@@ -100,8 +102,13 @@ def sample_teleport(model, x, sigmas, extra_args=None, callback=None, disable=No
         source = moments() if callable(moments) else moments
         if not isinstance(source, GaussianMoments):
             raise MomentsError(f"teleport needs Gaussian moments, got {type(source).__name__}")
-        gauss = bind_moments(source, x.shape[1:], latent_format=latent_format, parameterization=plan.parameterization,
-                             device=x.device)
+        try:
+            gauss = bind_moments(source, x.shape[1:], latent_format=latent_format,
+                                 parameterization=plan.parameterization, device=x.device)
+        except MomentsError as exc:
+            if on_mismatch != "pass":
+                raise
+            plan = plan.without_jump(f"the moments do not fit this pass ({exc})")
     log.info(plan.summary())
     if on_plan is not None:
         on_plan(plan)

@@ -29,8 +29,12 @@ def add_xyz_axes():
         webui.add_xyz_axes(xyz, FOLDER)
 
 
-script_callbacks.on_ui_settings(lambda: webui.add_settings(shared, FOLDER))
+# The X/Y/Z script (a built-in, loaded before extensions) builds its axis list whenever its UI is made,
+# and in API-only mode that happens before any before-UI callback: add the axes now, and again (a no-op
+# when present) before the UI, for hosts that load the X/Y/Z script later.
+add_xyz_axes()
 script_callbacks.on_before_ui(add_xyz_axes)
+script_callbacks.on_ui_settings(lambda: webui.add_settings(shared, FOLDER))
 
 
 class GaussianTeleportScript(scripts.Script):
@@ -43,7 +47,7 @@ class GaussianTeleportScript(scripts.Script):
         return scripts.AlwaysVisible
 
     def ui(self, is_img2img):
-        defaults = webui.TeleportSettings.from_options(shared.opts)
+        defaults = webui.TeleportRequest.from_options(shared.opts)
         return webui.build_controls(self, defaults, FOLDER, ui_components=ui_components, ui_common=ui_common)
 
     def process(self, p, *args):

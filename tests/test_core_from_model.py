@@ -110,3 +110,14 @@ def test_bad_requests_are_refused_with_a_reason(truth):
     with pytest.raises(MomentsError, match="pure noise"):
         estimate_moments_from_model(model, (2, 3, 4), sigma=1e300, parameterization="flow")
     assert model.calls == []
+
+
+def test_a_model_that_is_not_gaussian_at_sigma_is_capped_and_reported(caplog):
+    """D(x) = 1.5·x has a Jacobian above 1 (an untrained or non-Gaussian model): no infinite variances."""
+    import logging
+
+    with caplog.at_level(logging.WARNING, logger="gaussian_teleport"):
+        m = estimate_moments_from_model(lambda x, s, **_: 1.5 * x, (1, 2, 2), structure="dense", sigma=3.0)
+    assert m.metadata["capped_directions"] == 4 and "capped" in m.describe()
+    assert bool(torch.isfinite(m.eigvals).all()) and float(m.eigvals.max()) == pytest.approx(99 * 9.0, rel=1e-6)
+    assert "not Gaussian there" in caplog.text and "higher sigma" in caplog.text

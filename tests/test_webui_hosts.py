@@ -332,11 +332,34 @@ def test_callbacks_and_script_class(monkeypatch, tmp_path):
     assert script.title() == "Gaussian Teleport"
     assert script.show(False) is host.scripts.AlwaysVisible
     p = types.SimpleNamespace()
-    script.process(p, True, "a.safetensors", "steps", 3, "same_budget")
-    settings = p.gaussian_teleport
-    assert (settings.moments, str(settings.handoff), settings.mode) == ("a.safetensors", "steps:3", "same_budget")
+    script.process(p, True, "a.safetensors", "steps", 3, "same_budget", "data", False)
+    request = p.gaussian_teleport
+    assert (request.moments, str(request.settings.handoff), request.settings.mode, request.settings.mean) == (
+        "a.safetensors", "steps:3", "same_budget", "data")
+    script.process(p, True, "a.safetensors", "sigma", 5, "save")    # an API client that sends the first five
+    assert p.gaussian_teleport.settings.mean == "model" and p.gaussian_teleport.calibrate is False
     with pytest.raises(ValueError, match="hand-off unit"):
         script.process(p, True, "a.safetensors", "seconds", 3, "save")
+
+
+def test_xyz_axes_exist_before_any_ui_callback(monkeypatch, tmp_path):
+    """API-only mode builds the X/Y/Z script's axis list before on_before_ui: the axes must be there at load."""
+    host = make_host(monkeypatch, tmp_path, "a1111")
+
+    class AxisOption:
+        def __init__(self, label, type, apply, format_value=None, confirm=None, cost=0.0, choices=None):
+            self.label = label
+
+    xyz = types.ModuleType("xyz_grid.py")
+    xyz.AxisOption, xyz.axis_options = AxisOption, [AxisOption("Seed", int, None)]
+    script_class = type("Script", (), {"__module__": "xyz_grid.py"})
+    host.scripts.scripts_data.append(types.SimpleNamespace(script_class=script_class, module=xyz))
+    load_script()
+    labels = [a.label for a in xyz.axis_options]
+    assert labels == ["Seed", "[Teleport] Hand-off", "[Teleport] Moments file", "[Teleport] Mean"]
+    for callback in host.callbacks["before_ui"]:
+        callback()                                    # the UI's own callback adds nothing twice
+    assert [a.label for a in xyz.axis_options] == labels
 
 
 def test_script_does_not_depend_on_sys_path(monkeypatch, tmp_path):

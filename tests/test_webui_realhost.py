@@ -211,7 +211,8 @@ def test_wrapper_around_the_hosts_sampler_functions(real_host, tmp_path, base):
     full = sd.create_sampler(base, model)
     full.sample(processing(), noise, SD_SIGMAS)
     assert sampler.model_wrap_cfg.step == full.model_wrap_cfg.step
-    assert f"{k} step(s) replaced" in p.extra_generation_params["Teleport result"]
+    assert sampler.last_states == full.last_states           # one progress tick per step, the jump's included
+    assert f"{k}/10 steps replaced" in p.extra_generation_params["Teleport result"]
 
 
 def test_xyz_axes_with_the_hosts_axis_option(tmp_path):
@@ -224,16 +225,16 @@ def test_xyz_axes_with_the_hosts_axis_option(tmp_path):
 
 
 def test_infotext_through_the_hosts_quoting():
-    from gaussian_teleport.webui import TeleportSettings, infotext_readers
+    from gaussian_teleport.webui import TeleportRequest, infotext_readers
     ns = host_definitions(host_file("modules", "infotext_utils.py"), {"quote", "unquote", "re_param_code"},
                           {"json": __import__("json"), "re": re})
-    settings = TeleportSettings.from_controls(True, "sdxl/a b,c.safetensors", "fraction", 0.3, "same_budget")
-    params = {"Steps": 20, **settings.infotext(), "Teleport result": "σ 14.61→4.86, 3 step(s) replaced, save"}
+    request = TeleportRequest.from_controls(True, "sdxl/a b,c.safetensors", "fraction", 0.3, "same_budget", "data")
+    params = {"Steps": 20, **request.infotext(), "Teleport result": "σ 14.61→4.86, 3/20 steps replaced, save"}
     line = ", ".join(f"{k}: {ns['quote'](v)}" for k, v in params.items())   # as processing.create_infotext
     parsed = {k: ns["unquote"](v) for k, v in re.findall(ns["re_param_code"], line)}
     assert parsed["Teleport result"] == params["Teleport result"]
     restored = {name: read(parsed) for name, read in infotext_readers().items()}
-    assert TeleportSettings.from_controls(**restored) == settings
+    assert TeleportRequest.from_controls(**restored) == request
 
 
 def test_install_under_the_hosts_launch(tmp_path):

@@ -7,9 +7,10 @@ import types
 
 import pytest
 
-from gaussian_teleport.webui import (OPTIONS, XYZ_HANDOFF, XYZ_MOMENTS, TeleportSettings, add_settings, add_xyz_axes,
-                                     attach, build_controls, find_xyz_module, infotext_readers,
-                                     settings_from_infotext)
+from gaussian_teleport.scheduler import Handoff
+from gaussian_teleport.webui import (OPTIONS, XYZ_HANDOFF, XYZ_MEAN, XYZ_MOMENTS, TeleportRequest,
+                                     add_settings, add_xyz_axes, attach, build_controls, find_xyz_module,
+                                     infotext_readers, request_from_infotext)
 from test_webui_hosts import Opts, OptionInfo
 
 
@@ -24,6 +25,12 @@ def gradio(monkeypatch):
     gr = types.ModuleType("gradio")
     for name in ("Checkbox", "Dropdown", "Number", "Radio", "Markdown"):
         setattr(gr, name, type(name, (Component,), {}))
+
+    class Button(Component):
+        def click(self, fn, inputs=None, outputs=None):
+            self.handler = (fn, inputs, outputs)
+
+    gr.Button = Button
     monkeypatch.setitem(sys.modules, "gradio", gr)
     return gr
 
@@ -54,43 +61,72 @@ class Script:
 def test_controls_default_from_settings_and_list_files(gradio, tmp_path):
     folder = tmp_path / "moments"
     (folder / "sdxl").mkdir(parents=True)
+    (folder / "from_model").mkdir()
     (folder / "sd15.safetensors").write_bytes(b"")
     (folder / "sdxl" / "b.safetensors").write_bytes(b"")
+    (folder / "from_model" / "cached.safetensors").write_bytes(b"")   # the model-derived cache is not a choice
     (folder / "notes.txt").write_text("ignored")
     ui_components, ui_common, refresh = ui_modules()
-    defaults = TeleportSettings.from_controls(False, "sdxl/b.safetensors", "steps", 3, "same_budget")
+    defaults = TeleportRequest.from_controls(False, "sdxl/b.safetensors", "steps", 3, "same_budget", "data")
     script = Script()
     controls = build_controls(script, defaults, str(folder), ui_components=ui_components, ui_common=ui_common)
-    enabled, moments, kind, value, mode = controls
+    enabled, moments, kind, value, mode, mean, calibrate = controls
     assert isinstance(enabled, InputAccordion) and enabled.value is False
-    assert moments.kwargs["choices"] == ["None", "sd15.safetensors", "sdxl/b.safetensors"]
-    assert (moments.value, kind.value, value.value, mode.value) == ("sdxl/b.safetensors", "steps", 3.0,
-                                                                    "same_budget")
+    assert moments.kwargs["choices"] == ["None", "From the model", "sd15.safetensors", "sdxl/b.safetensors"]
+    assert (moments.value, kind.value, value.value, mode.value, mean.value, calibrate.value) == (
+        "sdxl/b.safetensors", "steps", 3.0, "same_budget", "data", False)
+    assert value.kwargs["step"] == 0.01                                    # fractions below 1 are typeable
     (component, _, refreshed_args, _), = refresh
     (folder / "new.safetensors").write_bytes(b"")
     assert component is moments and "new.safetensors" in refreshed_args()["choices"]
     assert [c for c, _ in script.infotext_fields] == controls
-    assert script.paste_field_names == ["Teleport", "Teleport moments", "Teleport mode"]
+    assert script.paste_field_names == ["Teleport", "Teleport moments", "Teleport mode", "Teleport mean"]
+
+
+def test_the_use_button_fills_in_the_last_calibration(gradio, tmp_path, monkeypatch):
+    ui_components, ui_common, _ = ui_modules()
+    # the button is wired as click(fn, inputs=[kind, value], outputs=[kind, value, message]); find it
+    built = {}
+    original = gradio.Button.click
+
+    def click(self, fn, inputs=None, outputs=None):
+        built["fn"] = fn
+        return original(self, fn, inputs, outputs)
+
+    monkeypatch.setattr(gradio.Button, "click", click)
+    build_controls(Script(), TeleportRequest(), str(tmp_path), ui_components=ui_components, ui_common=ui_common)
+    monkeypatch.setattr("gaussian_teleport.webui.ui.LAST_CALIBRATION", {})
+    kind, value, message = built["fn"]("sigma", 5.0)
+    assert (kind, value) == ("sigma", 5.0) and "No calibration yet" in message
+    monkeypatch.setattr("gaussian_teleport.webui.ui.LAST_CALIBRATION",
+                        {"handoff": Handoff("sigma", 3.465), "summary": "hand-off σ 3.465: 6 of 20 steps replaced"})
+    assert built["fn"]("steps", 4) == ("sigma", 3.465, "hand-off σ 3.465: 6 of 20 steps replaced")
 
 
 def test_missing_default_file_falls_back_to_none(gradio, tmp_path):
     ui_components, ui_common, _ = ui_modules()
-    defaults = TeleportSettings.from_controls(True, "deleted.safetensors", "sigma", 5, "save")
+    defaults = TeleportRequest.from_controls(True, "deleted.safetensors", "sigma", 5, "save")
     controls = build_controls(Script(), defaults, str(tmp_path), ui_components=ui_components, ui_common=ui_common)
     assert controls[1].value == "None"
 
 
-@pytest.mark.parametrize("settings", [
-    TeleportSettings.from_controls(True, "sd15.safetensors", "sigma", 4.5, "save"),
-    TeleportSettings.from_controls(True, "x/y.safetensors", "fraction", 0.25, "same_budget"),
-    TeleportSettings.from_controls(True, "sd15.safetensors", "steps", 4, "save"),
+@pytest.mark.parametrize("request_", [
+    TeleportRequest.from_controls(True, "sd15.safetensors", "sigma", 4.5, "save", "model"),
+    TeleportRequest.from_controls(True, "x/y.safetensors", "fraction", 0.25, "same_budget", "data"),
+    TeleportRequest.from_controls(True, "From the model", "steps", 4, "save", "model"),
 ])
-def test_infotext_round_trip(settings):
-    params = {k: str(v) for k, v in settings.infotext().items()}   # infotext values are text
+def test_infotext_round_trip(request_):
+    params = {k: str(v) for k, v in request_.infotext().items()}   # infotext values are text
     readers = infotext_readers()
     restored = {name: read(params) for name, read in readers.items()}
-    assert TeleportSettings.from_controls(**restored) == settings
-    assert settings_from_infotext(params, TeleportSettings()) == settings
+    assert TeleportRequest.from_controls(**restored) == request_
+    assert request_from_infotext(params, TeleportRequest()) == request_
+
+
+def test_an_image_made_before_the_mean_option_restores_the_data_mean():
+    old = {"Teleport": "sigma:5", "Teleport moments": "sd15.safetensors"}
+    assert infotext_readers()["mean"](old) == "data"
+    assert request_from_infotext(old, TeleportRequest()).settings.mean == "data"
 
 
 def test_infotext_without_teleport_leaves_controls_alone():
@@ -98,8 +134,8 @@ def test_infotext_without_teleport_leaves_controls_alone():
     assert all(read({"Steps": "20"}) is None for read in readers.values())
     off = {"Teleport": "off"}
     assert readers["enabled"](off) is False and readers["kind"](off) is None
-    assert settings_from_infotext(off, TeleportSettings()).enabled is False
-    assert settings_from_infotext({"Steps": "20"}, TeleportSettings()) is None
+    assert request_from_infotext(off, TeleportRequest()).enabled is False
+    assert request_from_infotext({"Steps": "20"}, TeleportRequest()) is None
 
 
 def test_settings_section(gradio):
@@ -107,13 +143,15 @@ def test_settings_section(gradio):
     add_settings(shared, "/nowhere")
     assert set(shared.opts.data_labels) == set(OPTIONS)
     assert {info.section for info in shared.opts.data_labels.values()} == {("gaussian_teleport", "Gaussian Teleport")}
-    assert TeleportSettings.from_options(shared.opts) == TeleportSettings()
+    assert TeleportRequest.from_options(shared.opts) == TeleportRequest()
     shared.opts.gaussian_teleport_handoff_kind = "steps"
     shared.opts.gaussian_teleport_handoff_value = 4
-    assert str(TeleportSettings.from_options(shared.opts).handoff) == "steps:4"
+    shared.opts.gaussian_teleport_mean = "data"
+    request = TeleportRequest.from_options(shared.opts)
+    assert str(request.settings.handoff) == "steps:4" and request.settings.mean == "data"
     shared.opts.gaussian_teleport_mode = "fast"
     with pytest.raises(ValueError, match="schedule mode"):
-        TeleportSettings.from_options(shared.opts)
+        TeleportRequest.from_options(shared.opts)
 
 
 class AxisOption:
@@ -129,24 +167,28 @@ def test_xyz_axes(tmp_path):
     add_xyz_axes(xyz, str(tmp_path))
     add_xyz_axes(xyz, str(tmp_path))                      # Reload UI
     labels = [a.label for a in xyz.axis_options]
-    assert labels == ["Seed", XYZ_HANDOFF, XYZ_MOMENTS]
-    handoff, moments = xyz.axis_options[1:]
+    assert labels == ["Seed", XYZ_HANDOFF, XYZ_MOMENTS, XYZ_MEAN]
+    handoff, moments, mean = xyz.axis_options[1:]
     handoff.confirm(None, ["sigma:3", "6", "steps:2", "fraction:0.2"])
     with pytest.raises(ValueError, match="'sigma:5'"):
         handoff.confirm(None, ["sigma:3", "soon"])
     (tmp_path / "a.safetensors").write_bytes(b"")
-    assert moments.choices() == ["a.safetensors"]
+    assert moments.choices() == ["From the model", "a.safetensors"] and mean.choices() == ["data", "model"]
 
     base = types.SimpleNamespace()
     cells = []
-    for x in ("sigma:3", "steps:2"):                      # X/Y/Z copies p for every cell
+    for x, m in (("sigma:3", "data"), ("steps:2", "model")):      # X/Y/Z copies p for every cell
         pc = copy.copy(base)
         handoff.apply(pc, handoff.type(x), None)
         moments.apply(pc, "a.safetensors", None)
-        cells.append(attach(pc, True, "None", "sigma", 5, "save"))  # the script's process() runs after
-    assert [str(s.handoff) for s in cells] == ["sigma:3", "steps:2"]
+        mean.apply(pc, m, None)
+        cells.append(attach(pc, True, "None", "sigma", 5, "save", "model"))  # the script's process() runs after
+    assert [str(s.settings.handoff) for s in cells] == ["sigma:3", "steps:2"]
+    assert [s.settings.mean for s in cells] == ["data", "model"]
     assert {s.moments for s in cells} == {"a.safetensors"}
     assert not hasattr(base, "gaussian_teleport_overrides")
+    with pytest.raises(ValueError, match="mean must be one of"):
+        mean.apply(copy.copy(base), "prompt", None)
 
 
 def test_find_xyz_module():

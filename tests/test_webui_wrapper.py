@@ -66,12 +66,13 @@ def sd15(monkeypatch, tmp_path):
     return host, model
 
 
-def processing(enabled=True, moments="sd15.safetensors", kind="sigma", value=5.0, mode="save", **attrs):
+def processing(enabled=True, moments="sd15.safetensors", kind="sigma", value=5.0, mode="save", mean="model",
+               calibrate=False, **attrs):
     from gaussian_teleport.webui import attach
     fields = dict(extra_generation_params={}, is_hr_pass=False, s_churn=0.0, s_tmin=0.0, s_tmax=float("inf"),
                   s_noise=1.0)
     p = types.SimpleNamespace(**{**fields, **attrs})
-    attach(p, enabled, moments, kind, value, mode)
+    attach(p, enabled, moments, kind, value, mode, mean, calibrate)
     return p
 
 
@@ -88,11 +89,12 @@ def noise_like(shape, seed=1, batch=3):
 SD_SIGMAS = get_sigmas_karras(10, 0.0292, 14.6146).double()
 
 
+@pytest.mark.parametrize("mean", ["data", "model"])
 @pytest.mark.parametrize("base", ["Euler", "Heun", "DPM++ 2M"])
-def test_jump_then_host_sampler_matches_reference(sd15, base):
+def test_jump_then_host_sampler_matches_reference(sd15, base, mean):
     host, model = sd15
     noise = noise_like(SHAPE)
-    p = processing()
+    p = processing(mean=mean)
     out, sampler = run(host, model, base + " Teleport", p, noise, SD_SIGMAS)
     k = int((SD_SIGMAS[:-1] > 5.0).sum())
     assert k >= 2
@@ -100,11 +102,11 @@ def test_jump_then_host_sampler_matches_reference(sd15, base):
                             flow=False)
     plain = host.sd_samplers.create_sampler(base, model)
     plain_fn = plain.func
-    reference = plain_fn(model.make_denoiser(), x_k, SD_SIGMAS[k:], extra_args={
-        "cond": 0, "uncond": 0, "cond_scale": 7.0, "image_cond": None, "s_min_uncond": 0.0})
+    reference = plain_fn(model.make_denoiser(), x_k, SD_SIGMAS[k:], extra_args=EXTRA)
     torch.testing.assert_close(out, reference, rtol=1e-9, atol=1e-9)
 
-    # Step counters: every call sees the counter value the plain sampler has at that sigma.
+    # Step counters: every call sees the counter value the plain sampler has at that sigma (the probe
+    # call, when there is one, is the plain run's first call).
     full = host.sd_samplers.create_sampler(base, model)
     full.sample(processing(), noise, SD_SIGMAS)
     seen = {}
@@ -113,11 +115,17 @@ def test_jump_then_host_sampler_matches_reference(sd15, base):
     for step, sigma in sampler.model_wrap_cfg.calls:
         assert step in seen[round(sigma, 10)], (step, sigma)
     assert sampler.model_wrap_cfg.step == full.model_wrap_cfg.step
-    assert sampler.last_states[-1] == full.last_states[-1] == len(SD_SIGMAS) - 2
+    # the host's progress bar ticks once per callback: it ends at its total, the jump's steps included
+    assert sampler.last_states == full.last_states == list(range(len(SD_SIGMAS) - 1))
 
     params = p.extra_generation_params
     assert params["Teleport"] == "sigma:5" and params["Teleport moments"] == "sd15.safetensors"
-    assert f"{k} step(s) replaced" in params["Teleport result"] and "Teleport mode" not in params
+    assert params["Teleport mean"] == mean and "Teleport mode" not in params
+    assert f"{k}/10 steps replaced" in params["Teleport result"]
+    assert ("model mean" in params["Teleport result"]) == (mean == "model")
+
+
+EXTRA = {"cond": 0, "uncond": 0, "cond_scale": 7.0, "image_cond": None, "s_min_uncond": 0.0}
 
 
 def test_host_options_are_passed_through(sd15, monkeypatch):
@@ -145,7 +153,7 @@ def test_switch_off_runs_the_plain_sampler_bit_for_bit(sd15):
     out, _ = run(host, model, "Heun Teleport", p, noise, SD_SIGMAS)
     plain, _ = run(host, model, "Heun", processing(), noise, SD_SIGMAS)
     assert torch.equal(out, plain)
-    assert p.extra_generation_params == {"Teleport": "off", "Teleport result": "off"}
+    assert p.extra_generation_params == {"Teleport": "off"}
 
 
 @pytest.mark.parametrize("hires", [False, True])
@@ -163,6 +171,24 @@ def test_schedule_starting_below_the_handoff_does_not_jump(sd15, hires):
     assert p.extra_generation_params[key].startswith("no jump (hand-off σ 5 ≥ schedule start σ")
 
 
+def test_a_hires_pass_the_moments_do_not_fit_runs_without_a_jump(sd15):
+    """Moments made for the first pass's size do not fit the upscaled latent: the second pass runs plain and
+    says why, instead of failing the request after the first pass."""
+    host, model = sd15
+    big = (SHAPE[0], SHAPE[1] * 2, SHAPE[2] * 2)
+    any_size = SDModel(mean=np.zeros(int(np.prod(big))), cov=np.eye(int(np.prod(big))), flow=False, is_sdxl=False,
+                       is_sd3=False)
+    noise = noise_like(big)
+    p = processing(is_hr_pass=True)
+    out, _ = run(host, any_size, "Euler Teleport", p, noise, SD_SIGMAS)
+    plain, _ = run(host, any_size, "Euler", processing(), noise, SD_SIGMAS)
+    assert torch.equal(out, plain)
+    said = p.extra_generation_params["Hires teleport result"]
+    assert said.startswith("no jump (the moments do not fit this pass") and "stationary" in said
+    with pytest.raises(MomentsError, match="stationary"):            # the first pass still refuses
+        run(host, any_size, "Euler Teleport", processing(), noise, SD_SIGMAS)
+
+
 def test_inpainting_mask_disables_the_jump(sd15):
     host, model = sd15
     noise = noise_like(SHAPE)
@@ -173,18 +199,21 @@ def test_inpainting_mask_disables_the_jump(sd15):
     assert "inpainting mask" in p.extra_generation_params["Teleport result"]
 
 
-def test_same_budget_mode_keeps_the_call_count(sd15):
+@pytest.mark.parametrize("mean", ["data", "model"])
+def test_same_budget_mode_keeps_the_call_count_and_the_counters(sd15, mean):
     host, model = sd15
     noise = noise_like(SHAPE)
-    p = processing(mode="same_budget")
+    p = processing(mode="same_budget", mean=mean)
     out, sampler = run(host, model, "Euler Teleport", p, noise, SD_SIGMAS)
     rest = respace(SD_SIGMAS, 5.0, len(SD_SIGMAS) - 1)
     x_k = gaussian_flow_ref(model.mean, model.cov, noise * SD_SIGMAS[0], float(SD_SIGMAS[0]), 5.0, flow=False)
-    reference = host.sd_samplers_kdiffusion.k_diffusion.sampling.sample_euler(
-        model.make_denoiser(), x_k, rest, extra_args={"cond": 0, "uncond": 0, "cond_scale": 7.0,
-                                                      "image_cond": None, "s_min_uncond": 0.0})
+    reference = host.sd_samplers_kdiffusion.k_diffusion.sampling.sample_euler(model.make_denoiser(), x_k, rest,
+                                                                             extra_args=EXTRA)
     torch.testing.assert_close(out, reference, rtol=1e-9, atol=1e-9)
+    # the probe is one more model call, not a step: the counter and the progress bar count steps
     assert sampler.model_wrap_cfg.step == len(SD_SIGMAS) - 1
+    assert len(sampler.model_wrap_cfg.calls) == len(SD_SIGMAS) - 1 + (mean == "model")
+    assert sampler.last_states == list(range(len(SD_SIGMAS) - 1))
     assert p.extra_generation_params["Teleport mode"] == "same_budget"
 
 
@@ -198,7 +227,7 @@ def test_errors_name_the_problem(sd15, tmp_path):
     with pytest.raises(MomentsError, match="outside"):
         run(host, model, "Euler Teleport", processing(moments="../escape.safetensors"), noise, SD_SIGMAS)
     write_moments(tmp_path / "models" / "moments", "xl.safetensors", SHAPE, latent_format="SDXL")
-    with pytest.raises(MomentsError, match="made for SDXL latents"):
+    with pytest.raises(MomentsError, match="made for SDXL latents but the model uses SD15"):
         run(host, model, "Euler Teleport", processing(moments="xl.safetensors"), noise, SD_SIGMAS)
 
 
@@ -212,9 +241,8 @@ def test_sdxl_uses_its_own_scale(monkeypatch, tmp_path):
     out, _ = run(host, model, "Euler Teleport", processing(moments="sdxl.safetensors", kind="steps", value=3),
                  noise, SD_SIGMAS)
     x_k = gaussian_flow_ref(mean, cov, noise * SD_SIGMAS[0], float(SD_SIGMAS[0]), float(SD_SIGMAS[3]), flow=False)
-    reference = host.sd_samplers_kdiffusion.k_diffusion.sampling.sample_euler(
-        model.make_denoiser(), x_k, SD_SIGMAS[3:], extra_args={"cond": 0, "uncond": 0, "cond_scale": 7.0,
-                                                               "image_cond": None, "s_min_uncond": 0.0})
+    reference = host.sd_samplers_kdiffusion.k_diffusion.sampling.sample_euler(model.make_denoiser(), x_k,
+                                                                             SD_SIGMAS[3:], extra_args=EXTRA)
     torch.testing.assert_close(out, reference, rtol=1e-9, atol=1e-9)
 
 
@@ -231,28 +259,65 @@ def test_forge_flow_model_jumps_in_flow_form(monkeypatch, tmp_path):
     load_script()
     sigmas = get_sigmas_flow(12, 3.0).double()
     noise = noise_like(shape)
-    p = processing(moments="flux.safetensors")           # sigma:5 in VE units → t = 5/6
+    p = processing(moments="flux.safetensors")           # sigma:5 is a noise level: t = 5/6
     out, sampler = run(host, model, "Euler Teleport", p, noise, sigmas)
     t_to = 5.0 / 6.0
     k = int((sigmas[:-1] > t_to).sum())
     assert k >= 3
     x_k = gaussian_flow_ref(mean, cov, noise * sigmas[0], float(sigmas[0]), float(sigmas[k]), flow=True)
-    reference = host.sd_samplers_kdiffusion.k_diffusion.sampling.sample_euler(
-        model.make_denoiser(), x_k, sigmas[k:], extra_args={"cond": 0, "uncond": 0, "cond_scale": 7.0,
-                                                            "image_cond": None, "s_min_uncond": 0.0})
+    reference = host.sd_samplers_kdiffusion.k_diffusion.sampling.sample_euler(model.make_denoiser(), x_k,
+                                                                             sigmas[k:], extra_args=EXTRA)
     torch.testing.assert_close(out, reference, rtol=1e-9, atol=1e-9)
     assert sampler.model_wrap_cfg.step == len(sigmas) - 1
-    assert f"{k} step(s) replaced" in p.extra_generation_params["Teleport result"]
+    assert f"{k}/12 steps replaced" in p.extra_generation_params["Teleport result"]
 
 
-def test_moments_cache_reloads_a_changed_file(tmp_path):
-    from gaussian_teleport.webui import MomentsCache
+def test_moments_from_the_model_are_read_once_per_checkpoint_and_size(sd15, tmp_path):
+    """'From the model': read off the checkpoint's own (here: exact Gaussian) denoiser, kept as a file."""
+    host, model = sd15
+    model.sd_checkpoint_info = types.SimpleNamespace(model_name="tiny", shorthash="abc123")
+    noise = noise_like(SHAPE)
+    p = processing(moments="From the model")
+    out, sampler = run(host, model, "Euler Teleport", p, noise, SD_SIGMAS)
+    cached = tmp_path / "models" / "moments" / "from_model" / "tiny-abc123-4x2x2.safetensors"
+    assert cached.is_file()
+    first_calls = len(sampler.model_wrap_cfg.calls)
+    assert "moments from_model/tiny-abc123-4x2x2.safetensors" in p.extra_generation_params["Teleport result"]
+    assert p.extra_generation_params["Teleport moments"] == "From the model"
+    again = processing(moments="From the model")
+    out2, sampler2 = run(host, model, "Euler Teleport", again, noise, SD_SIGMAS)
+    assert len(sampler2.model_wrap_cfg.calls) < first_calls            # loaded from the file, not re-read
+    torch.testing.assert_close(out2, out)
+    # the model's Gaussian is the file's: teleport with it matches teleport with the data's moments
+    data, _ = run(host, model, "Euler Teleport", processing(), noise, SD_SIGMAS)
+    torch.testing.assert_close(out, data, rtol=1e-3, atol=1e-3)
+    assert sampler.model_wrap_cfg.step == len(SD_SIGMAS) - 1           # the estimate's calls left no trace
+
+
+def test_a_calibration_run_returns_the_plain_images_and_remembers_the_hand_off(sd15):
+    from gaussian_teleport.webui import LAST_CALIBRATION, last_calibration
+
+    host, model = sd15
+    noise = noise_like(SHAPE, batch=4)
+    p = processing(calibrate=True)
+    out, sampler = run(host, model, "DPM++ 2M Teleport", p, noise, SD_SIGMAS)
+    plain, _ = run(host, model, "DPM++ 2M", processing(), noise, SD_SIGMAS)
+    assert torch.equal(out, plain)
+    said = p.extra_generation_params["Teleport calibration"]
+    assert "steps replaced" in said and LAST_CALIBRATION["summary"] == said
+    kind, value, message = last_calibration()
+    assert kind == "sigma" and value >= 1.0 and message == said
+    with pytest.raises(ValueError, match="batch of 2 or more"):
+        run(host, model, "DPM++ 2M Teleport", processing(calibrate=True), noise[:1], SD_SIGMAS)
+
+
+def test_moments_files_are_reloaded_only_when_changed(tmp_path):
+    from gaussian_teleport.moments import MomentsFiles
     folder = tmp_path / "m"
     path = write_moments(folder, "a.safetensors", SHAPE, seed=0)
-    cache = MomentsCache()
-    first = cache.get(path, "SD15")
-    assert cache.get(path, "SD15") is first
+    files = MomentsFiles()
+    first = files.load(path)
+    assert files.load(path) is first
     write_moments(folder, "a.safetensors", SHAPE, seed=9, overwrite=True)
-    second = cache.get(path, "SD15")
+    second = files.load(path)
     assert second is not first and not torch.allclose(second.mean, first.mean)
-    assert MomentsCache().get(path, "SD15", keep=False) is not MomentsCache().get(path, "SD15", keep=False)

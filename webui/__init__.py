@@ -7,14 +7,14 @@ if "." not in __name__:  # found as a top-level module on a host's sys.path: not
     import os as _os, runpy as _runpy
     _runpy.run_path(_os.path.join(_os.path.dirname(__file__), _os.pardir, "_isolation.py"))["defer"](globals())
 
-from .moments_files import (CACHE, MomentsCache, latent_format_of, list_moments_files, model_space_moments,
-                            moments_choices, moments_folder, parameterization_of, resolve_moments_file)
-from .samplers import (BASE_SAMPLERS, advance_step_counter, host_handoff, make_host_sampler_function,
-                       register_samplers, settings_for, teleport_name, teleport_sampler_data)
-from .settings import (KEY_HANDOFF, KEY_HIRES_RESULT, KEY_MODE, KEY_MOMENTS, KEY_RESULT, NO_MOMENTS, OPTIONS,
-                       TeleportSettings, parse_handoff, settings_from_infotext)
-from .ui import (TITLE, XYZ_HANDOFF, XYZ_MOMENTS, add_settings, add_xyz_axes, attach, build_controls,
-                 find_xyz_module, infotext_readers)
+from .model_facts import checkpoint_key, latent_format_of, parameterization_of
+from .request import (FROM_MODEL, KEY_CALIBRATION, KEY_HANDOFF, KEY_HIRES_RESULT, KEY_MEAN, KEY_MODE, KEY_MOMENTS,
+                      KEY_RESULT, NO_MOMENTS, OPTIONS, TeleportRequest, parse_handoff, request_from_infotext)
+from .samplers import (BASE_SAMPLERS, FILES, FROM_MODEL_FOLDER, LAST_CALIBRATION, make_host_sampler_function,
+                       moments_folder, register_samplers, request_for, resolve_moments_file, teleport_name,
+                       teleport_sampler_data)
+from .ui import (TITLE, XYZ_HANDOFF, XYZ_MEAN, XYZ_MOMENTS, add_settings, add_xyz_axes, attach, build_controls,
+                 find_xyz_module, infotext_readers, last_calibration, moments_choices)
 
 
 def host_settings_source(shared, models_path: str):
@@ -24,11 +24,11 @@ def host_settings_source(shared, models_path: str):
 
 
 __all__ = [
-    "CACHE", "MomentsCache", "latent_format_of", "list_moments_files", "model_space_moments", "moments_choices",
-    "moments_folder", "parameterization_of", "resolve_moments_file", "BASE_SAMPLERS", "advance_step_counter",
-    "host_handoff", "make_host_sampler_function", "register_samplers", "settings_for", "teleport_name",
-    "teleport_sampler_data", "KEY_HANDOFF", "KEY_HIRES_RESULT", "KEY_MODE", "KEY_MOMENTS", "KEY_RESULT",
-    "NO_MOMENTS", "OPTIONS", "TeleportSettings", "parse_handoff", "settings_from_infotext", "TITLE",
-    "XYZ_HANDOFF", "XYZ_MOMENTS", "add_settings", "add_xyz_axes", "attach", "build_controls", "find_xyz_module",
-    "infotext_readers", "host_settings_source",
+    "checkpoint_key", "latent_format_of", "parameterization_of",
+    "FROM_MODEL", "KEY_CALIBRATION", "KEY_HANDOFF", "KEY_HIRES_RESULT", "KEY_MEAN", "KEY_MODE", "KEY_MOMENTS",
+    "KEY_RESULT", "NO_MOMENTS", "OPTIONS", "TeleportRequest", "parse_handoff", "request_from_infotext",
+    "BASE_SAMPLERS", "FILES", "FROM_MODEL_FOLDER", "LAST_CALIBRATION", "make_host_sampler_function", "moments_folder",
+    "register_samplers", "request_for", "resolve_moments_file", "teleport_name", "teleport_sampler_data",
+    "TITLE", "XYZ_HANDOFF", "XYZ_MEAN", "XYZ_MOMENTS", "add_settings", "add_xyz_axes", "attach", "build_controls",
+    "find_xyz_module", "infotext_readers", "last_calibration", "moments_choices", "host_settings_source",
 ]

@@ -4,7 +4,8 @@ A1111 and Forge call a sampler function as
 ``fn(model_wrap_cfg, x, extra_args=..., disable=..., callback=..., sigmas=..., **options)``: x already
 scaled to sigmas[0], a CFG-wrapped denoiser over VE sigmas (or over t for Forge's flow models), and
 options chosen by inspecting fn's signature. The wrapper keeps the host function's signature, so the
-host passes the same options (s_churn, …) it would pass to the plain sampler.
+host passes the same options (s_churn, …) it would pass to the plain sampler. Everything a run does is
+the core's ``sample_teleport``; this module adapts the host's counters, progress bar and files to it.
 """
 
 from __future__ import annotations
@@ -12,68 +13,118 @@ from __future__ import annotations
 import functools
 import inspect
 import logging
+import os
+import threading
 
-from ..scheduler.handoff import Handoff, TeleportPlan, plan_teleport
-from ..scheduler.schedules import ve_to_flow_sigma
+import torch
+
+from ..moments.base import MomentsError
+from ..moments.files import (EXTENSION, MOMENTS_FOLDER, MomentsFiles, contained_path, load_moments, path_inside,
+                             save_moments)
+from ..moments.from_model import estimate_moments_from_model
+from ..scheduler.calibrate import calibrate_handoff
+from ..scheduler.handoff import TeleportPlan
 from ..scheduler.teleport import sample_teleport
-from .moments_files import CACHE, latent_format_of, parameterization_of, resolve_moments_file
-from .settings import ATTRIBUTE, KEY_HIRES_RESULT, KEY_RESULT, TeleportSettings
+from .model_facts import checkpoint_key, latent_format_of, parameterization_of
+from .request import (ATTRIBUTE, FROM_MODEL, KEY_CALIBRATION, KEY_HIRES_RESULT, KEY_RESULT, NO_MOMENTS,
+                      TeleportRequest)
 
 log = logging.getLogger("gaussian_teleport")
 
 SUFFIX = " Teleport"
 BASE_SAMPLERS = ("Euler", "Heun", "DPM++ 2M")    # host labels of the samplers that get a teleport variant
+FROM_MODEL_FOLDER = "from_model"                  # cached model-derived moments, inside models/moments
+FILES = MomentsFiles()
+LAST_CALIBRATION: dict = {}                       # the last calibration's recommendation, for the accordion
+_LOCK = threading.Lock()
 
 
 def teleport_name(base: str) -> str:
     return base + SUFFIX
 
 
+def moments_folder(models_path: str) -> str:
+    return os.path.join(models_path, MOMENTS_FOLDER)
+
+
 # ----------------------------------------------------------------------------
 # What a run asked for, and what it did (written to the processing object's infotext).
 
 
-def settings_for(p, opts=None) -> TeleportSettings:
-    """The settings the script attached to ``p``; the Settings defaults when it attached none."""
-    settings = getattr(p, ATTRIBUTE, None)
-    if isinstance(settings, TeleportSettings):
-        return settings
-    return TeleportSettings.from_options(opts) if opts is not None else TeleportSettings()
+def request_for(p, opts=None) -> TeleportRequest:
+    """The request the script attached to ``p``; the Settings defaults when it attached none."""
+    request = getattr(p, ATTRIBUTE, None)
+    if isinstance(request, TeleportRequest):
+        return request
+    return TeleportRequest.from_options(opts) if opts is not None else TeleportRequest()
 
 
-def record(p, settings: TeleportSettings, result: str):
-    """Write the run's parameters and result; the hires pass gets its own result key."""
+def record(p, request: TeleportRequest, result: str | None, key: str | None = None):
+    """Write the run's parameters and (when it ran) its result; the hires pass gets its own result key."""
     params = getattr(p, "extra_generation_params", None)
     if params is None:
         return
-    params.update(settings.infotext())
-    key = KEY_HIRES_RESULT if getattr(p, "is_hr_pass", False) else KEY_RESULT
-    params[key] = result
+    params.update(request.infotext())
+    if result is not None:
+        params[key or (KEY_HIRES_RESULT if getattr(p, "is_hr_pass", False) else KEY_RESULT)] = result
 
 
-def describe(plan: TeleportPlan) -> str:
-    """A short infotext value: what the jump replaced, or why there was none."""
-    if not plan.jumped:
-        return f"no jump ({plan.reason.split(':')[0]})"
-    return f"σ {plan.sigma_from:.4g}→{plan.sigma_to:.4g}, {plan.skipped} step(s) replaced, {plan.mode}"
+def resolve_moments_file(folder: str, name: str) -> str:
+    """The path of a file listed in the moments dropdown; errors name the folder and the fix."""
+    if not name or name == NO_MOMENTS:
+        raise MomentsError("a teleport sampler is selected but no moments file is chosen: pick one in the Gaussian "
+                           f"Teleport accordion (files go in {folder}), choose '{FROM_MODEL}', or choose a sampler "
+                           "without 'Teleport'")
+    try:
+        path = contained_path(folder, name)
+    except ValueError:
+        raise MomentsError(f"moments file {name!r} is outside {folder}; only files in that folder are loaded") from None
+    if not os.path.isfile(path):
+        raise MomentsError(f"moments file {name!r} was not found in {folder}; press the refresh button next to the "
+                           "moments dropdown and choose a file that exists")
+    return path
 
 
-def host_handoff(handoff: Handoff, parameterization: str) -> Handoff:
-    """The hand-off in the sampler's sigma units: sigma values are VE, flow models run on t = σ/(1+σ)."""
-    if handoff.kind == "sigma" and parameterization == "flow":
-        return Handoff("sigma", ve_to_flow_sigma(handoff.value))
-    return handoff
+class FixedBatch:
+    """The CFG denoiser takes exactly the generation's batch: split larger batches, pad the last one."""
+
+    def __init__(self, model, batch: int):
+        self.model, self.batch = model, batch
+
+    def __call__(self, x, sigma, **extra_args):
+        outs = []
+        for chunk, sig in zip(x.split(self.batch), sigma.split(self.batch)):
+            n = chunk.shape[0]
+            if n < self.batch:
+                chunk = torch.cat([chunk, chunk[-1:].expand(self.batch - n, *chunk.shape[1:])])
+                sig = torch.cat([sig, sig[-1:].expand(self.batch - n)])
+            outs.append(self.model(chunk, sig, **extra_args)[:n])
+        return torch.cat(outs)
 
 
-def advance_step_counter(model, plan: TeleportPlan, calls_per_step: int):
-    """Keep the CFG denoiser's call counter where the plain sampler would have it after the skipped steps.
+def model_moments(model, x, extra_args, sd_model, param, fmt, folder):
+    """Moments read off the loaded checkpoint, computed once per checkpoint and latent size and kept as a file.
 
-    A1111 and Forge index prompt editing ([a:b:N]) and the refiner switch by that counter
-    (``model_wrap_cfg.step``). In "save" mode the skipped steps would have made ``calls_per_step``
-    calls each; in "same_budget" mode the sampler makes all its calls itself.
+    The model is called unconditionally (its CFG denoiser at guidance scale 0), in batches of the
+    generation's batch size; the step counter it advances is put back.
     """
-    if plan.jumped and plan.step_offset and hasattr(model, "step"):
-        model.step += plan.step_offset * calls_per_step
+    shape = tuple(int(s) for s in x.shape[1:])
+    name = f"{FROM_MODEL_FOLDER}/{checkpoint_key(sd_model)}-{'x'.join(map(str, shape))}{EXTENSION}"
+    path = path_inside(folder, name)
+    with _LOCK:
+        if os.path.isfile(path):
+            return FILES.load(path), name
+        step = getattr(model, "step", None)
+        unconditional = {**(extra_args or {}), "cond_scale": 0.0}
+        log.info("Gaussian Teleport: reading moments for %s off the model (once; cached as %s)", shape, name)
+        moments = estimate_moments_from_model(FixedBatch(model, int(x.shape[0])), shape, parameterization=param,
+                                              extra_args=unconditional, device=x.device, input_dtype=x.dtype,
+                                              latent_format=fmt, metadata={"model": checkpoint_key(sd_model)})
+        if step is not None:
+            model.step = step
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        save_moments(moments, path, overwrite=True)
+        return FILES.load(path), name
 
 
 # ----------------------------------------------------------------------------
@@ -81,40 +132,95 @@ def advance_step_counter(model, plan: TeleportPlan, calls_per_step: int):
 
 
 def make_host_sampler_function(base_fn, sd_model, *, calls_per_step: int = 1, opts=None, models_folder=None,
-                               cache=CACHE):
-    """``base_fn`` with a teleport in front, same signature; settings come from ``model.p`` at call time."""
+                               sampler_label: str = ""):
+    """``base_fn`` with a teleport in front, same signature; the request comes from ``model.p`` at call time."""
 
     @functools.wraps(base_fn)
     def teleport_sampler(model, x, sigmas, extra_args=None, callback=None, disable=None, **options):
         p = getattr(model, "p", None)
-        settings = settings_for(p, opts)
-        if not settings.enabled:
-            record(p, settings, "off")
+        request = request_for(p, opts)
+        if not request.enabled:
+            record(p, request, None)
             return base_fn(model, x, sigmas, extra_args=extra_args, callback=callback, disable=disable, **options)
-        parameterization = parameterization_of(model, sd_model)
-        handoff = host_handoff(settings.handoff, parameterization)
-        plan = plan_teleport(sigmas, handoff, settings.mode)
-        if plan.jumped and getattr(model, "mask", None) is not None:
-            # Inpainting blends the original latent back in at every step; a jump would bypass that.
-            plan = TeleportPlan(False, plan.sigma_from, plan.sigma_from, 0, 0, sigmas, plan.mode,
-                                "inpainting mask: the sampler runs unchanged")
-        if not plan.jumped:
-            record(p, settings, describe(plan))
-            log.info(plan.summary())
-            return base_fn(model, x, sigmas, extra_args=extra_args, callback=callback, disable=disable, **options)
-        moments = cache.get(resolve_moments_file(models_folder, settings.moments), latent_format_of(sd_model),
-                            keep=bool(getattr(opts, "gaussian_teleport_keep_loaded", True)))
+        param, fmt = parameterization_of(model, sd_model), latent_format_of(sd_model)
+        used = {}
+
+        def moments():
+            if request.moments == FROM_MODEL:
+                found, used["file"] = model_moments(model, x, extra_args, sd_model, param, fmt, models_folder)
+                return found
+            keep = bool(getattr(opts, "gaussian_teleport_keep_loaded", True))
+            path = resolve_moments_file(models_folder, request.moments)
+            return FILES.load(path) if keep else load_moments(path)
+
+        if request.calibrate:
+            return calibrate(model, x, sigmas, extra_args, base_fn, moments(), request, p, param, fmt,
+                             (sampler_label, checkpoint_key(sd_model), len(sigmas) - 1), options)
+        start = getattr(model, "step", None)
+        plans: list[TeleportPlan] = []
+
+        def inner(m, xk, sk, **kw):
+            plan = plans[-1]
+            if plan.jumped and start is not None:
+                # Prompt editing ([a:b:N]) and the refiner switch index the CFG denoiser's call counter: put it
+                # where the plain sampler would have it after the replaced steps (the probe call included).
+                m.step = start + plan.step_offset * calls_per_step
+            return base_fn(m, xk, sk, **kw)
 
         def on_plan(plan):
-            record(p, settings, describe(plan))
-            advance_step_counter(model, plan, calls_per_step)
+            plans.append(plan)
+            result = plan.short() + (f", moments {used['file']}" if used.get("file") else "")
+            record(p, request, result)
 
-        return sample_teleport(model, x, sigmas, extra_args, callback, disable, moments=moments, sampler=base_fn,
-                               handoff=handoff, mode=settings.mode, parameterization=parameterization,
-                               on_plan=on_plan, **options)
+        return sample_teleport(model, x, sigmas, extra_args, progress_callback(callback, plans), disable,
+                               moments=moments, sampler=inner, handoff=request.settings.handoff,
+                               mode=request.settings.mode, mean=request.settings.mean, parameterization=param,
+                               latent_format=fmt, no_jump=None if getattr(model, "mask", None) is None else
+                               "inpainting mask: the webui blends the original back in at every call",
+                               on_plan=on_plan, on_mismatch="pass" if getattr(p, "is_hr_pass", False) else "raise",
+                               **options)
 
     teleport_sampler.__signature__ = inspect.signature(base_fn)
     return teleport_sampler
+
+
+def progress_callback(callback, plans):
+    """The host's progress bar ticks once per callback and counts steps: in same_budget mode the model-mean
+    probe is an extra call, not a step, so its callback (a preview of its x0) does not tick the bar."""
+    if callback is None:
+        return None
+    seen = {"first": True}
+
+    def forward(info):
+        first, seen["first"] = seen["first"], False
+        plan = plans[-1] if plans else None
+        if first and plan is not None and plan.mode == "same_budget" and plan.probe_calls:
+            return None
+        return callback(info)
+
+    return forward
+
+
+def calibrate(model, x, sigmas, extra_args, base_fn, moments, request, p, param, fmt, key, options):
+    """A calibration run on this generation's batch: the images it returns are the plain sampler's."""
+    if x.shape[0] < 2:
+        raise ValueError("calibration needs a batch of 2 or more images (set Batch size to 4), so it can compare "
+                         "the change with the spread between samples")
+    start = getattr(model, "step", None)
+
+    def reset():
+        if start is not None:
+            model.step = start
+
+    cal = calibrate_handoff(model, x, sigmas, base_fn, moments=moments, mean=request.settings.mean,
+                            parameterization=param, latent_format=fmt, extra_args=extra_args, on_run_start=reset,
+                            **options)
+    log.info("Gaussian Teleport calibration (%s)\n%s", key[0], cal.report())
+    with _LOCK:
+        LAST_CALIBRATION.clear()
+        LAST_CALIBRATION.update(key=key, handoff=cal.handoff, summary=cal.summary())
+    record(p, request, cal.summary(), key=KEY_CALIBRATION)
+    return cal.plain
 
 
 # ----------------------------------------------------------------------------
@@ -130,7 +236,7 @@ def base_sampler_entries(kdiffusion) -> dict:
     return entries
 
 
-def make_constructor(kdiffusion, funcname: str, options: dict, settings_source):
+def make_constructor(kdiffusion, label: str, funcname: str, options: dict, settings_source):
     """The SamplerData constructor: the host's KDiffusionSampler around the wrapped function.
 
     ``settings_source`` is a callable returning (opts, models_folder) at construction time.
@@ -141,7 +247,7 @@ def make_constructor(kdiffusion, funcname: str, options: dict, settings_source):
         base_fn = getattr(kdiffusion.k_diffusion.sampling, funcname)
         opts, folder = settings_source()
         fn = make_host_sampler_function(base_fn, sd_model, calls_per_step=calls_per_step, opts=opts,
-                                        models_folder=folder)
+                                        models_folder=folder, sampler_label=label)
         sampler = kdiffusion.KDiffusionSampler(fn, sd_model)
         # The host looks its extra options up by function name; use the plain sampler's list.
         sampler.extra_params = kdiffusion.sampler_extra_params.get(funcname, [])
@@ -156,10 +262,10 @@ def teleport_sampler_data(sd_samplers_common, kdiffusion, settings_source) -> li
     for label, (funcname, aliases, options) in base_sampler_entries(kdiffusion).items():
         if not hasattr(kdiffusion.k_diffusion.sampling, funcname):
             continue
-        name = teleport_name(label)
         alias = [a + "_teleport" for a in aliases[:1]]
-        data.append(sd_samplers_common.SamplerData(name, make_constructor(kdiffusion, funcname, options,
-                                                                          settings_source),
+        data.append(sd_samplers_common.SamplerData(teleport_name(label),
+                                                   make_constructor(kdiffusion, label, funcname, options,
+                                                                    settings_source),
                                                    alias, {**options, "teleport": True}))
     return data
 

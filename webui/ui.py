@@ -8,40 +8,61 @@ from __future__ import annotations
 
 from dataclasses import replace
 
+from ..moments.files import list_moments_files
 from ..scheduler.handoff import KINDS, MODES
-from .moments_files import list_moments_files, moments_choices
-from .settings import (ATTRIBUTE, KEY_HANDOFF, KEY_MODE, KEY_MOMENTS, NO_MOMENTS, OPTIONS, TeleportSettings,
-                       parse_handoff)
+from ..scheduler.settings import MEANS
+from .request import (ATTRIBUTE, FROM_MODEL, KEY_HANDOFF, KEY_MEAN, KEY_MODE, KEY_MOMENTS, NO_MOMENTS, OPTIONS,
+                      TeleportRequest, parse_handoff)
+from .samplers import FROM_MODEL_FOLDER, LAST_CALIBRATION
 
 TITLE = "Gaussian Teleport"
 SECTION = ("gaussian_teleport", TITLE)
 OVERRIDES = "gaussian_teleport_overrides"     # per-image X/Y/Z values on the processing object
 XYZ_HANDOFF = "[Teleport] Hand-off"
 XYZ_MOMENTS = "[Teleport] Moments file"
+XYZ_MEAN = "[Teleport] Mean"
 
 HELP = {
-    "accordion": "Teleport samplers ('Euler Teleport', …) replace the first, high-noise steps by one "
-                 "closed-form jump. Off: they run exactly as their plain sampler.",
-    "moments": "Gaussian moments of this model family's latents (a .safetensors file in models/moments).",
-    "kind": "sigma: noise level where the sampler takes over (VE units; flow models use t = σ/(1+σ)); "
-            "steps: how many steps the jump replaces; fraction: which share of the steps it replaces.",
-    "value": "About 5 for SD1.5/SDXL Karras schedules; lower saves more calls and risks quality.",
-    "mode": "save: drop the replaced steps (fewer model calls); same_budget: spread the original number "
-            "of steps over the rest of the schedule.",
+    "accordion": "Teleport samplers ('Euler Teleport', …) replace the first, high-noise steps by one closed-form "
+                 "jump. Off: they run exactly as their plain sampler.",
+    "moments": f"Gaussian moments of this model family's latents: a .safetensors file in models/moments, or "
+               f"'{FROM_MODEL}' (read off the loaded checkpoint once, no images needed; cached per checkpoint and "
+               "size).",
+    "kind": "sigma: the noise level where the sampler takes over (the same number on every model; flow models use "
+            "t = σ/(1+σ)); steps: how many steps the jump replaces; fraction: which share of the steps it replaces.",
+    "value": "About 5 for SD1.5/SDXL Karras schedules; lower saves more calls and risks quality. Calibrate measures "
+             "it for your settings.",
+    "mode": "save: drop the replaced steps (fewer model calls); same_budget: spread the original number of steps "
+            "over the rest of the schedule.",
+    "mean": "model: prompt-aware, one extra model call reads each image's mean off the model (prompt, CFG, LoRA "
+            "included); data: the moments' own mean (ignores the prompt).",
+    "calibrate": "Calibrate on the next generation (batch size 2–8): it returns the plain images, measures how much "
+                 "teleport would change them from each hand-off and recommends one; then press 'Use'.",
 }
+
+
+def moments_choices(folder: str) -> list[str]:
+    """The dropdown: none, the model itself, and the files (cached model-derived ones are not listed)."""
+    files = [f for f in list_moments_files(folder) if not f.startswith(FROM_MODEL_FOLDER + "/")]
+    return [NO_MOMENTS, FROM_MODEL, *files]
 
 
 # ----------------------------------------------------------------------------
 # From the controls to the processing object.
 
 
-def attach(p, enabled, moments, kind, value, mode) -> TeleportSettings:
-    """Settings from the accordion's values, with any X/Y/Z values for this image, stored on ``p``."""
-    settings = TeleportSettings.from_controls(enabled, moments, kind, value, mode)
+def attach(p, enabled, moments, kind, value, mode, mean=None, calibrate=False, *_) -> TeleportRequest:
+    """The request from the accordion's values (the API's args), with any X/Y/Z values for this image, on ``p``.
+
+    Callers that pass the first five values only (older API clients) get the Settings default mean.
+    """
+    request = TeleportRequest.from_controls(enabled, moments, kind, value, mode,
+                                            mean or OPTIONS["gaussian_teleport_mean"][0], calibrate)
     for field, override in getattr(p, OVERRIDES, {}).items():
-        settings = replace(settings, **{field: override})
-    setattr(p, ATTRIBUTE, settings)
-    return settings
+        request = replace(request, **{field: override}) if field == "moments" else request.with_settings(
+            **{field: override})
+    setattr(p, ATTRIBUTE, request)
+    return request
 
 
 def infotext_readers() -> dict:
@@ -56,43 +77,76 @@ def infotext_readers() -> dict:
         "kind": lambda d: None if handoff(d) is None else handoff(d).kind,
         "value": lambda d: None if handoff(d) is None else handoff(d).value,
         "mode": lambda d: None if handoff(d) is None else d.get(KEY_MODE, "save"),
+        # images made before the mean option jumped with the data's mean
+        "mean": lambda d: None if handoff(d) is None else d.get(KEY_MEAN, "data"),
+        "calibrate": lambda d: None if KEY_HANDOFF not in d else False,
     }
+
+
+def last_calibration():
+    """(unit, value, message) of the last calibration's recommendation, for the accordion's 'Use' button."""
+    if not LAST_CALIBRATION:
+        return None, None, "No calibration yet: tick Calibrate, generate a batch of 2–8 images, then press Use."
+    handoff = LAST_CALIBRATION["handoff"]
+    if handoff is None:
+        return None, None, LAST_CALIBRATION["summary"]
+    return handoff.kind, handoff.value, LAST_CALIBRATION["summary"]
 
 
 # ----------------------------------------------------------------------------
 # Components (gradio; A1111 ≥ 1.7 and Forge).
 
 
-def build_controls(script, defaults: TeleportSettings, folder: str, *, ui_components, ui_common):
+def build_controls(script, defaults: TeleportRequest, folder: str, *, ui_components, ui_common):
     """The accordion; returns the controls in the order ``attach`` takes them."""
     import gradio as gr
 
     choices = moments_choices(folder)
-    accordion_id = script.elem_id("gaussian_teleport")
-    with ui_components.InputAccordion(defaults.enabled, label=TITLE, elem_id=accordion_id) as enabled:
+    s = defaults.settings
+    with ui_components.InputAccordion(defaults.enabled, label=TITLE, elem_id=script.elem_id("gaussian_teleport")) \
+            as enabled:
         gr.Markdown(HELP["accordion"])
         with ui_components.FormRow():
-            moments = gr.Dropdown(label="Moments file", choices=choices,
+            moments = gr.Dropdown(label="Moments", choices=choices,
                                   value=defaults.moments if defaults.moments in choices else NO_MOMENTS,
                                   elem_id=script.elem_id("gaussian_teleport_moments"), info=HELP["moments"])
             ui_common.create_refresh_button(moments, lambda: None, lambda: {"choices": moments_choices(folder)},
                                             script.elem_id("gaussian_teleport_moments_refresh"))
         with ui_components.FormRow():
-            kind = gr.Dropdown(label="Hand-off unit", choices=list(KINDS), value=defaults.handoff.kind,
+            kind = gr.Dropdown(label="Hand-off unit", choices=list(KINDS), value=s.handoff.kind,
                                elem_id=script.elem_id("gaussian_teleport_kind"), info=HELP["kind"])
-            value = gr.Number(label="Hand-off", value=defaults.handoff.value, minimum=0,
+            value = gr.Number(label="Hand-off", value=s.handoff.value, minimum=0, step=0.01,
                               elem_id=script.elem_id("gaussian_teleport_value"), info=HELP["value"])
-            mode = gr.Radio(label="Schedule", choices=list(MODES), value=defaults.mode,
+        with ui_components.FormRow():
+            mode = gr.Radio(label="Schedule", choices=list(MODES), value=s.mode,
                             elem_id=script.elem_id("gaussian_teleport_mode"), info=HELP["mode"])
-    controls = {"enabled": enabled, "moments": moments, "kind": kind, "value": value, "mode": mode}
+            mean = gr.Radio(label="Mean", choices=list(MEANS), value=s.mean,
+                            elem_id=script.elem_id("gaussian_teleport_mean"), info=HELP["mean"])
+        with ui_components.FormRow():
+            calibrate = gr.Checkbox(label="Calibrate on the next generation", value=False,
+                                    elem_id=script.elem_id("gaussian_teleport_calibrate"), info=HELP["calibrate"])
+            use = gr.Button("Use the last calibration", elem_id=script.elem_id("gaussian_teleport_use"))
+        said = gr.Markdown("")
+
+        def use_last(current_kind, current_value):
+            unit, number, message = last_calibration()
+            return (unit or current_kind, current_value if number is None else number, message)
+
+        use.click(use_last, inputs=[kind, value], outputs=[kind, value, said])
+    controls = {"enabled": enabled, "moments": moments, "kind": kind, "value": value, "mode": mode, "mean": mean,
+                "calibrate": calibrate}
     readers = infotext_readers()
     script.infotext_fields = [(controls[name], readers[name]) for name in controls]
-    script.paste_field_names = [KEY_HANDOFF, KEY_MOMENTS, KEY_MODE]
+    script.paste_field_names = [KEY_HANDOFF, KEY_MOMENTS, KEY_MODE, KEY_MEAN]
     return list(controls.values())
 
 
 def add_settings(shared, folder: str):
-    """The Settings section holding the accordion's defaults."""
+    """The Settings section holding the accordion's defaults.
+
+    The accordion reads them when the UI is built (Reload UI after changing them); an API request
+    without an ``alwayson_scripts`` entry for this script uses the values read when the server started.
+    """
     import gradio as gr
 
     components = {
@@ -101,6 +155,7 @@ def add_settings(shared, folder: str):
         "gaussian_teleport_handoff_kind": (gr.Radio, {"choices": list(KINDS)}),
         "gaussian_teleport_handoff_value": (gr.Number, None),
         "gaussian_teleport_mode": (gr.Radio, {"choices": list(MODES)}),
+        "gaussian_teleport_mean": (gr.Radio, {"choices": list(MEANS)}),
         "gaussian_teleport_keep_loaded": (gr.Checkbox, None),
     }
     for key, (default, label) in OPTIONS.items():
@@ -130,12 +185,20 @@ def _check_moments(name):
     return NO_MOMENTS if str(name).strip() in ("", NO_MOMENTS) else str(name).strip()
 
 
+def _check_mean(value):
+    value = str(value).strip()
+    if value not in MEANS:
+        raise ValueError(f"teleport mean must be one of {MEANS}, got {value!r}")
+    return value
+
+
 def add_xyz_axes(xyz, folder: str) -> list[str]:
-    """Add the hand-off and moments-file axes to the X/Y/Z plot module once; returns their labels."""
+    """Add the hand-off, moments and mean axes to the X/Y/Z plot module once; returns their labels."""
     axes = [
         xyz.AxisOption(XYZ_HANDOFF, str, _override("handoff", parse_handoff), confirm=_confirm_handoffs),
         xyz.AxisOption(XYZ_MOMENTS, str, _override("moments", _check_moments),
-                       choices=lambda: list_moments_files(folder)),
+                       choices=lambda: moments_choices(folder)[1:]),
+        xyz.AxisOption(XYZ_MEAN, str, _override("mean", _check_mean), choices=lambda: list(MEANS)),
     ]
     present = {opt.label for opt in xyz.axis_options}
     xyz.axis_options.extend(axis for axis in axes if axis.label not in present)

@@ -1,0 +1,98 @@
+"""What one A1111/Forge generation asks of the teleport samplers, and how it is written to and read back
+from the image's infotext. Host-free: the script fills a request from its controls and attaches it to
+the processing object; the teleport settings themselves (hand-off, mode, mean) are the core's."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+
+from ..scheduler.handoff import Handoff
+from ..scheduler.settings import DEFAULT_HANDOFF, DEFAULT_MEAN, DEFAULT_MODE, TeleportSettings
+
+NO_MOMENTS = "None"
+FROM_MODEL = "From the model"      # moments read off the loaded checkpoint, computed once and cached as a file
+
+# Infotext keys (generation parameters written under the image).
+KEY_HANDOFF = "Teleport"            # "sigma:5", or "off" when a teleport sampler ran with the switch off
+KEY_MOMENTS = "Teleport moments"
+KEY_MODE = "Teleport mode"          # written only when not "save"
+KEY_MEAN = "Teleport mean"          # "model" or "data"; absent in images made before the option existed (data)
+KEY_RESULT = "Teleport result"      # what the first pass did
+KEY_HIRES_RESULT = "Hires teleport result"
+KEY_CALIBRATION = "Teleport calibration"
+
+ATTRIBUTE = "gaussian_teleport"     # where the request rides on the processing object p
+
+# Settings section: option key -> (default, label). The UI module turns these into host options.
+OPTIONS = {
+    "gaussian_teleport_enabled": (True, "Teleport samplers jump by default (the accordion's switch)"),
+    "gaussian_teleport_moments": (NO_MOMENTS, "Default moments file"),
+    "gaussian_teleport_handoff_kind": (DEFAULT_HANDOFF.kind, "Default hand-off unit"),
+    "gaussian_teleport_handoff_value": (DEFAULT_HANDOFF.value, "Default hand-off value"),
+    "gaussian_teleport_mode": (DEFAULT_MODE, "Default schedule mode"),
+    "gaussian_teleport_mean": (DEFAULT_MEAN, "Default mean (model: prompt-aware, one extra model call)"),
+    "gaussian_teleport_keep_loaded": (True, "Keep the last moments file in memory between generations"),
+}
+
+
+@dataclass(frozen=True)
+class TeleportRequest:
+    """The accordion's values for one generation (the API's ``alwayson_scripts`` args, in this order)."""
+
+    enabled: bool = True
+    moments: str = NO_MOMENTS
+    settings: TeleportSettings = field(default_factory=TeleportSettings)
+    calibrate: bool = False
+
+    @classmethod
+    def from_controls(cls, enabled, moments, kind, value, mode, mean=DEFAULT_MEAN, calibrate=False) -> "TeleportRequest":
+        return cls(bool(enabled), str(moments or NO_MOMENTS),
+                   TeleportSettings.from_values(str(kind), value, str(mode), str(mean or DEFAULT_MEAN)), bool(calibrate))
+
+    @classmethod
+    def from_options(cls, opts) -> "TeleportRequest":
+        """The Settings defaults; ``opts`` is the host's shared.opts (or anything with those attributes)."""
+        get = lambda key: getattr(opts, key, OPTIONS[key][0])  # noqa: E731
+        return cls.from_controls(get("gaussian_teleport_enabled"), get("gaussian_teleport_moments"),
+                                 get("gaussian_teleport_handoff_kind"), get("gaussian_teleport_handoff_value"),
+                                 get("gaussian_teleport_mode"), get("gaussian_teleport_mean"))
+
+    def with_settings(self, **changes) -> "TeleportRequest":
+        return replace(self, settings=replace(self.settings, **changes))
+
+    def infotext(self) -> dict:
+        """Generation parameters for a run of a teleport sampler (the result is added when it runs)."""
+        if not self.enabled:
+            return {KEY_HANDOFF: "off"}
+        params = {KEY_HANDOFF: str(self.settings.handoff), KEY_MOMENTS: self.moments, KEY_MEAN: self.settings.mean}
+        if self.settings.mode != DEFAULT_MODE:
+            params[KEY_MODE] = self.settings.mode
+        return params
+
+
+def parse_handoff(text) -> Handoff:
+    """'sigma:5', 'steps:4', 'fraction:0.25', or a bare number meaning a sigma."""
+    text = str(text).strip()
+    if ":" not in text:
+        try:
+            return Handoff("sigma", float(text))
+        except ValueError:
+            raise ValueError(f"teleport hand-off {text!r} must be a sigma such as 5, or look like "
+                             "'sigma:5', 'steps:4' or 'fraction:0.25'") from None
+    return Handoff.parse(text)
+
+
+def request_from_infotext(params: dict, defaults: TeleportRequest) -> TeleportRequest | None:
+    """The request an image was made with, or None if its infotext has no teleport entry.
+
+    Images made before the mean option existed carry no ``Teleport mean``: they jumped with the data's
+    mean, so that is what they restore to.
+    """
+    text = params.get(KEY_HANDOFF)
+    if text is None:
+        return None
+    if str(text).strip() == "off":
+        return replace(defaults, enabled=False)
+    settings = TeleportSettings(parse_handoff(text), str(params.get(KEY_MODE, DEFAULT_MODE)),
+                                str(params.get(KEY_MEAN, "data")))
+    return TeleportRequest(True, str(params.get(KEY_MOMENTS, defaults.moments)), settings)
