@@ -17,8 +17,8 @@ import zlib
 import torch
 
 from .reference import DEFAULT_MODEL, REFERENCE_MODELS, GuidedDenoiser, load_reference
-from .scheduler import (SAMPLERS, Handoff, get_sigmas_edm, get_sigmas_sd_karras, make_teleport_sampler, model_calls,
-                        plan_teleport)
+from .scheduler import (DEFAULT_MEAN, MEANS, SAMPLERS, Handoff, get_sigmas_edm, get_sigmas_sd_karras,
+                        make_teleport_sampler, model_calls, plan_teleport)
 
 SCHEDULES = ("edm", "sd")
 DEFAULT_STEPS = {"euler": 20, "heun": 18, "dpmpp_2m": 20}
@@ -197,7 +197,7 @@ def compare(args) -> dict:
     steps = args.steps or DEFAULT_STEPS[args.sampler]
     sigmas = make_sigmas(args.schedule, steps, sd)
     handoff = Handoff.parse(args.handoff) if args.handoff else default_handoff(ref.moments)
-    plan = plan_teleport(sigmas, handoff, args.mode)
+    plan = plan_teleport(sigmas, handoff, args.mode, mean=args.mean)
 
     model, extra_args = ref.model, {}
     if ref.model.cfg.num_classes:
@@ -212,17 +212,18 @@ def compare(args) -> dict:
     noise = seeded_noise(seeds, ref.shape)
     model(noise * sigmas[0], sigmas[0] * torch.ones(len(seeds)), **extra_args)  # warm-up, so timings compare
     base_fn = SAMPLERS[args.sampler]
-    tele_fn = make_teleport_sampler(base_fn, ref.moments, handoff, mode=args.mode)
+    tele_fn = make_teleport_sampler(base_fn, ref.moments, handoff, mode=args.mode, mean=args.mean)
     base, base_calls, base_s = run_sampler(base_fn, model, noise, sigmas, extra_args, "plain   ", args.quiet,
                                          model_calls(args.sampler, sigmas))
     tele, tele_calls, tele_s = run_sampler(tele_fn, model, noise, sigmas, extra_args, "teleport", args.quiet,
-                                         model_calls(args.sampler, plan.sigmas))
+                                         model_calls(args.sampler, plan.sigmas) + plan.probe_calls)
 
     cols = args.cols or max(1, int(len(seeds) ** 0.5 + 0.5))
     grid = side_by_side(to_uint8_grid(base, cols, args.scale), to_uint8_grid(tele, cols, args.scale))
     write_png(args.out, grid)
     return {"model": ref.name, "sigma_data": sd, "samples": len(seeds), "sampler": args.sampler,
-            "schedule": args.schedule, "steps": steps, "handoff": str(handoff), "plan": plan.summary(),
+            "schedule": args.schedule, "steps": steps, "handoff": str(handoff), "mean": args.mean,
+            "plan": plan.summary(),
             "calls_plain": base_calls, "calls_teleport": tele_calls, "seconds_plain": base_s,
             "seconds_teleport": tele_s, "paired_rmse": paired_rmse(base, tele),
             "unpaired_rmse": unpaired_rmse(base), "out": args.out}
@@ -232,7 +233,7 @@ def summary_text(r: dict) -> str:
     saved = 1 - r["calls_teleport"] / r["calls_plain"]
     return "\n".join([
         f"model {r['model']} (σ_data {r['sigma_data']:.3g}), {r['samples']} samples, {r['sampler']} on the "
-        f"{r['schedule']} schedule, {r['steps']} steps, hand-off {r['handoff']}",
+        f"{r['schedule']} schedule, {r['steps']} steps, hand-off {r['handoff']}, mean from the {r['mean']}",
         r["plan"],
         f"model calls: {r['calls_plain']} plain → {r['calls_teleport']} with teleport ({saved:.0%} fewer)",
         f"wall time:   {r['seconds_plain']:.2f} s plain → {r['seconds_teleport']:.2f} s with teleport (best of 2)",
@@ -257,6 +258,8 @@ def main(argv=None):
                         f"(default: sigma {DEFAULT_HANDOFF_SQRT_LAMBDA:g}·√λ_max, the data's largest std)")
     p.add_argument("--mode", choices=("save", "same_budget"), default="save",
                    help="save: fewer model calls; same_budget: the same calls spent below the hand-off")
+    p.add_argument("--mean", choices=MEANS, default=DEFAULT_MEAN,
+                   help="model: each sample's mean from one model call (prompt/class-aware); data: the moments' mean")
     p.add_argument("--label", type=int, default=None, help="class for a class-conditional model "
                    "(default: seed mod classes)")
     p.add_argument("--cfg", type=float, default=None, help="classifier-free guidance scale (conditional models)")

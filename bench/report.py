@@ -240,8 +240,8 @@ def write_reports(results, cal, opts, seconds):
                     "## The default tolerance, validated\n\n" + validation + "\n\n## Tolerances scored (what the "
                     "bisection would recommend on the measured change curves)\n\n" + tolerances + "\n")
     with open(os.path.join(out, "results.json"), "w", encoding="utf-8") as f:
-        json.dump({"command": command, "seconds": seconds, "results": results, "calibration": cal}, f, indent=1,
-                  default=str)
+        json.dump({"command": command, "seconds": seconds, "options": {k: getattr(opts, k) for k in SAVED_OPTIONS},
+                   "results": results, "calibration": cal}, f, indent=1, default=str)
     if not opts.no_plots:
         from .plots import plot_explained_variance, plot_quality
         for r in results:
@@ -249,6 +249,9 @@ def write_reports(results, cal, opts, seconds):
                 plot_explained_variance(r, os.path.join(out, f"{r['model']}_explained_variance.png"))
             if r.get("rows"):
                 plot_quality(r, os.path.join(out, f"{r['model']}_quality.png"))
+
+
+SAVED_OPTIONS = ("samples", "sets", "ev_samples", "sweep_samples")   # what the reports quote about the run
 
 
 def load_shape(result) -> tuple:

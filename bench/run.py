@@ -174,6 +174,8 @@ def main(argv=None):
     if opts.report_only:
         saved = load_saved(opts.out, "--report-only")
         opts.command, results, seconds = saved["command"], saved["results"], saved["seconds"]
+        for key, value in saved.get("options", {}).items():
+            setattr(opts, key, value)
         calibration_result = saved.get("calibration")
     else:
         start = time.time()
@@ -183,6 +185,8 @@ def main(argv=None):
             by_name = {r["model"]: r for r in saved["results"]}
             results = [{**by_name.get(r["model"], {}), **r} for r in results]
             opts.command = saved["command"]
+            for key, value in saved.get("options", {}).items():
+                setattr(opts, key, value)
         calibration_result = run_calibration(results, opts) if "calibration" in opts.parts else None
         if opts.reuse and calibration_result is None:
             calibration_result = saved.get("calibration")

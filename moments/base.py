@@ -348,6 +348,34 @@ class MomentAccumulator:
         raise NotImplementedError
 
 
+class ScatterAccumulator(MomentAccumulator):
+    """Sufficient statistics that are plain sums: the count, Σx and a scatter (dense D×D or per frequency).
+
+    Subclasses say how a batch adds to the scatter (``scatter_of``); sums merge and all-reduce exactly.
+    """
+
+    scatter: torch.Tensor | None = None
+
+    def scatter_of(self, batch: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def add_checked(self, batch):
+        self.count += batch.shape[0]
+        self.sum += batch.sum(0)
+        self.scatter += self.scatter_of(batch)
+
+    def merge_checked(self, other):
+        self.count += other.count
+        self.sum += other.sum
+        self.scatter += other.scatter
+
+    def all_reduce_checked(self, group, device):
+        count = self.reduce_sum(torch.tensor([float(self.count)], dtype=torch.float64), group, device)
+        self.count = int(count.round().item())
+        self.sum = self.reduce_sum(self.sum, group, device)
+        self.scatter = self.reduce_sum(self.scatter, group, device)
+
+
 def structures() -> tuple[str, ...]:
     """The structure names, in the order the accumulators registered (dense, lowrank, stationary)."""
     return tuple(MomentAccumulator._by_structure)

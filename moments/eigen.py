@@ -16,8 +16,8 @@ from __future__ import annotations
 
 import torch
 
-from .base import (GaussianMoments, GaussianOperator, MomentAccumulator, MomentsError, affine_vectors, log,
-                   shape_str, zero_roundoff)
+from .base import (GaussianMoments, GaussianOperator, MomentAccumulator, MomentsError, ScatterAccumulator,
+                   affine_vectors, log, shape_str, zero_roundoff)
 
 DENSE_MAX_DIM = 4096     # a float64 D×D scatter of 128 MiB and an eigh that takes about a minute
 SCATTER_MAX_DIM = 1024   # below this a D×D eigh takes well under a second: low-rank stays exact
@@ -137,7 +137,7 @@ def descending_eigh(sym: torch.Tensor):
 # Accumulators.
 
 
-class DenseAccumulator(MomentAccumulator, structure="dense"):
+class DenseAccumulator(ScatterAccumulator, structure="dense"):
     """Count, Σx and the D×D scatter Σxxᵀ in float64."""
 
     def __init__(self, structure=None, *, rank=1, dense_max_dim: int = DENSE_MAX_DIM, **kw):
@@ -154,22 +154,9 @@ class DenseAccumulator(MomentAccumulator, structure="dense"):
                 f"({d * d * 8 / 2**30:.1f} GiB in float64); use 'lowrank' (default) or 'stationary' moments")
         self.scatter = torch.zeros(d, d, dtype=torch.float64)
 
-    def add_checked(self, batch):
+    def scatter_of(self, batch):
         flat = batch.reshape(batch.shape[0], -1)
-        self.count += batch.shape[0]
-        self.sum += batch.sum(0)
-        self.scatter += flat.T @ flat
-
-    def merge_checked(self, other):
-        self.count += other.count
-        self.sum += other.sum
-        self.scatter += other.scatter
-
-    def all_reduce_checked(self, group, device):
-        self.count = int(self.reduce_sum(torch.tensor([float(self.count)], dtype=torch.float64), group, device)
-                         .round().item())
-        self.sum = self.reduce_sum(self.sum, group, device)
-        self.scatter = self.reduce_sum(self.scatter, group, device)
+        return flat.T @ flat
 
     def seed(self, moments):
         n, u, lam = moments.count, moments.eigvecs.double(), moments.eigvals.double()

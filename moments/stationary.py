@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import torch
 
-from .base import (GaussianMoments, GaussianOperator, MomentAccumulator, affine_vectors, zero_roundoff)
+from .base import GaussianMoments, GaussianOperator, ScatterAccumulator, affine_vectors, zero_roundoff
 
 
 class StationaryOperator(GaussianOperator):
@@ -125,7 +125,7 @@ def resample_mean(mean: torch.Tensor, size) -> torch.Tensor:
                                            antialias=shrink)[0]
 
 
-class StationaryAccumulator(MomentAccumulator, structure="stationary"):
+class StationaryAccumulator(ScatterAccumulator, structure="stationary"):
     """Σx and the per-frequency scatter Σ X(k)X(k)ᴴ of the orthonormal 2-D DFT, in float64."""
 
     def __init__(self, structure=None, *, rank=1, **kw):
@@ -137,22 +137,9 @@ class StationaryAccumulator(MomentAccumulator, structure="stationary"):
         c, h, w = self.shape
         self.scatter = torch.zeros(h, w, c, c, dtype=torch.complex128)
 
-    def add_checked(self, batch):
-        self.count += batch.shape[0]
-        self.sum += batch.sum(0)
+    def scatter_of(self, batch):
         spec = torch.fft.fft2(batch, norm="ortho").permute(0, 2, 3, 1)  # B, H, W, C
-        self.scatter += torch.einsum("bhwi,bhwj->hwij", spec, spec.conj())
-
-    def merge_checked(self, other):
-        self.count += other.count
-        self.sum += other.sum
-        self.scatter += other.scatter
-
-    def all_reduce_checked(self, group, device):
-        self.count = int(self.reduce_sum(torch.tensor([float(self.count)], dtype=torch.float64), group, device)
-                         .round().item())
-        self.sum = self.reduce_sum(self.sum, group, device)
-        self.scatter = self.reduce_sum(self.scatter, group, device)
+        return torch.einsum("bhwi,bhwj->hwij", spec, spec.conj())
 
     def seed(self, moments):
         spec = mean_spectrum(moments.mean.double())

@@ -161,3 +161,35 @@ def test_two_process_gloo_all_reduce_equals_single_process(tmp_path, structure):
         got = load_file(tmp_path / f"{structure}-{r}.safetensors")
         torch.testing.assert_close(got["mean"], single.mean, rtol=0, atol=1e-12)
         torch.testing.assert_close(got["eigvals"], single.eigvals, rtol=1e-9, atol=1e-12)
+
+
+def test_few_images_at_a_large_latent_take_the_gram_route_fast():
+    """D = 4,096 with 24 images: a thin QR of 24 columns, not a 4,096² eigendecomposition."""
+    import time
+
+    data = torch.randn(24, 4, 32, 32, generator=torch.Generator().manual_seed(12), dtype=torch.float64)
+    acc = MomentAccumulator("lowrank", rank=16)
+    for part in data.split(8):
+        acc.add(part)
+    start = time.perf_counter()
+    m = finalize(acc)
+    assert time.perf_counter() - start < 5 and not acc.exact_scatter
+    assert m.metadata["estimator"] == "thin-qr-sketch-float64(m=144)" and m.rank == 16
+
+
+def test_a_rank_above_the_samples_is_kept_at_n_minus_1_with_a_message(caplog):
+    import logging
+
+    data = correlated_latents(6, (2, 3, 3), seed=13)
+    with caplog.at_level(logging.WARNING, logger="gaussian_teleport"):
+        m = estimate_moments([data], "lowrank", rank=8, **F64)
+    assert m.rank == 5 and m.metadata["rank_requested"] == "8"
+    assert "rank 8 asked, but 6 samples give at most 5 directions" in caplog.text
+
+
+def test_empty_batches_add_nothing_and_integer_latents_are_refused():
+    acc = MomentAccumulator("stationary")
+    acc.add(torch.zeros(0, 2, 3, 3))
+    assert acc.count == 0
+    with pytest.raises(MomentsError, match="floating point"):
+        acc.add(torch.zeros(2, 2, 3, 3, dtype=torch.long))

@@ -182,3 +182,47 @@ def test_auto_storage_halves_only_large_eigenvectors():
     big = type(small)(torch.zeros(1, 1, AUTO_HALF_ABOVE // 2 + 1), torch.ones(2),
                       torch.zeros(AUTO_HALF_ABOVE // 2 + 1, 2), 0.0, count=2)
     assert storage_dtype(big) == "float16" and storage_dtype(big, "float32") == "float32"
+
+
+# -- issue-style defects: headers of the wrong shape, metadata that disagrees with the tensors -------------
+
+
+def raw_file(path, header: bytes):
+    path.write_bytes(struct.pack("<Q", len(header)) + header)
+    return path
+
+
+@pytest.mark.parametrize("header", [
+    [1, 2, 3],
+    {"t": {"dtype": "F32", "shape": [1]}},
+    {"t": 5},
+    {"__metadata__": [1]},
+    {"t": {"dtype": "F32", "shape": [1], "data_offsets": [4, 0]}},
+    {"__metadata__": {"format": 3}},
+])
+def test_a_header_of_the_wrong_shape_is_a_moments_error(tmp_path, header):
+    path = raw_file(tmp_path / "odd.safetensors", json.dumps(header).encode())
+    with pytest.raises(MomentsError, match="malformed safetensors header"):
+        load_moments(path)
+
+
+@pytest.mark.parametrize("field, value, message", [
+    ("channels", "3", "channels"),
+    ("rank", "7", "rank"),
+    ("dtype", "float16", "stored as float32"),
+    ("count", "0", "'count' is 0"),
+    ("count", "-4", "'count' is -4"),
+    ("count", "many", "not a whole number"),
+])
+def test_metadata_that_disagrees_with_the_tensors_is_refused(moments, tmp_path, field, value, message):
+    path = save_moments(moments, tmp_path / "m.safetensors")
+    rewrite(path, edit_meta=lambda m: m.update({field: value}))
+    with pytest.raises(MomentsError, match=message):
+        load_moments(path)
+
+
+def test_integer_tensors_are_refused(moments, tmp_path):
+    path = save_moments(moments, tmp_path / "m.safetensors")
+    rewrite(path, edit_tensors=lambda t: t.__setitem__("mean", t["mean"].round().to(torch.int32)))
+    with pytest.raises(MomentsError, match="holds torch.int32 values"):
+        load_moments(path)

@@ -79,10 +79,13 @@ def test_demo_runs_and_reports_the_calls_it_made(tmp_path):
     sigmas = demo.make_sigmas("edm", 8, r["sigma_data"])
     plan = plan_teleport(sigmas, Handoff("steps", 3))
     assert r["calls_plain"] == model_calls("heun", sigmas) == 15
-    assert r["calls_teleport"] == model_calls("heun", plan.sigmas) == 9
+    assert r["calls_teleport"] == model_calls("heun", plan.sigmas) + 1 == 10     # + the model-mean probe
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert 0 < r["paired_rmse"] < r["unpaired_rmse"]
-    assert "model calls: 15 plain → 9 with teleport" in demo.summary_text(r)
+    assert "model calls: 15 plain → 10 with teleport" in demo.summary_text(r)
+    data = demo.main(["--seeds", "0-5", "--sampler", "heun", "--steps", "8", "--handoff", "steps:3", "--mean", "data",
+                      "--out", str(out), "--quiet"])
+    assert data["calls_teleport"] == 9 and "mean from the data" in demo.summary_text(data)
 
 
 def test_demo_with_guidance_and_a_bad_request(tmp_path):
