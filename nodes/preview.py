@@ -9,6 +9,7 @@ from comfy_api.latest import io
 
 from ..scheduler.binding import bind_moments
 from ..scheduler.parameterization import parameterization as as_parameterization
+from ..scheduler.settings import DEFAULT_HANDOFF
 from .comfy_model import patcher_facts
 from .widgets import CATEGORY, moments_input
 
@@ -26,7 +27,7 @@ class GaussianTeleportPreview(io.ComfyNode):
                 moments_input(),
                 io.Noise.Input("noise", tooltip="The start noise, e.g. RandomNoise (same seed as your sampler)."),
                 io.Latent.Input("latent", tooltip="Sets the latent size and batch, e.g. Empty Latent Image."),
-                io.Float.Input("sigma", default=5.0, min=0.0001, max=10000.0, step=0.01, tooltip=(
+                io.Float.Input("sigma", default=DEFAULT_HANDOFF.value, min=0.0001, max=10000.0, step=0.01, tooltip=(
                     "The hand-off to preview, as a noise level σ (the hand-off unit on every model).")),
             ],
             outputs=[io.Latent.Output(display_name="latent", tooltip="The Gaussian x0 prediction at sigma (raw VAE "

@@ -61,19 +61,17 @@ def jump(model, x: torch.Tensor, sigmas: torch.Tensor, plan: TeleportPlan, gauss
     mode only the probe's.
     """
     xc = x.to(gauss.dtype)
-    mean, probed = None, None
-    if plan.probe_calls:
-        probed = model(x, float(plan.sigma_from) * x.new_ones([x.shape[0]]), **extra_args)
-        mean = gauss.implied_mean(xc, probed.to(gauss.dtype), plan.sigma_from)
-    shown = [float(s) for s in sigmas[:plan.skipped]] if plan.mode == "save" else []
-    points = gauss.trajectory(xc, plan.sigma_from, shown + [plan.sigma_to], mean)
+    probed = model(x, float(plan.sigma_from) * x.new_ones([x.shape[0]]), **extra_args) if plan.probe_calls else None
+    mean = None if probed is None else gauss.implied_mean(xc, probed.to(gauss.dtype), plan.sigma_from)
+    shown = [float(s) for s in sigmas[:plan.skipped]] if plan.mode == "save" and callback is not None else []
+    *path, (landed, _) = gauss.trajectory(xc, plan.sigma_from, shown + [plan.sigma_to], mean)
     if callback is not None:
-        if probed is not None and not shown:
-            shown, points = [plan.sigma_from], [(xc, probed)] + points
-        for i, (s, (xi, di)) in enumerate(zip(shown, points)):
-            d = probed if (i == 0 and probed is not None) else di.to(x.dtype)
-            callback({"x": xi.to(x.dtype), "i": i, "sigma": sigmas[i], "sigma_hat": sigmas[i], "denoised": d})
-    return points[-1][0].to(x.dtype)
+        if probed is not None:   # the first preview is the model's own x0 at the start
+            path = [(xc, probed)] + path[1:]
+        for i, (xi, di) in enumerate(path):
+            callback({"x": xi.to(x.dtype), "i": i, "sigma": sigmas[i], "sigma_hat": sigmas[i],
+                      "denoised": di.to(x.dtype)})
+    return landed.to(x.dtype)
 
 
 def sample_teleport(model, x, sigmas, extra_args=None, callback=None, disable=None, *,
