@@ -8,10 +8,24 @@ if "." not in __name__:  # found as a top-level module on a host's sys.path: not
     _runpy.run_path(_os.path.join(_os.path.dirname(__file__), _os.pardir, "_isolation.py"))["defer"](globals())
 
 
+import os
+import tempfile
+
+RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")   # the committed results
+
+
+def report_path(out: str | None, quick: bool, name: str) -> str:
+    """Where a core benchmark writes: --out, else bench/results/<name> — or, for a --quick smoke run, a new
+    temporary folder (a smoke run never replaces committed results)."""
+
+    if out is not None:
+        return out
+    folder = tempfile.mkdtemp(prefix="teleport-bench-") if quick else RESULTS
+    return os.path.join(folder, name)
+
+
 def write_markdown(path: str, lines: list[str]) -> None:
     """Write a report's lines to ``path`` (creating its folder) and say where."""
-    import os
-
     os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
     with open(path, "w", encoding="utf-8") as fh:
         fh.write("\n".join(lines) + "\n")

@@ -19,7 +19,7 @@ import time
 
 import torch
 
-from gaussian_teleport.bench import write_markdown
+from gaussian_teleport.bench import report_path, write_markdown
 from gaussian_teleport.moments import MomentAccumulator, save_moments
 from gaussian_teleport.moments.eigen import default_sketch
 
@@ -42,7 +42,7 @@ def finalize_random(structure, shape, rank, samples, batch):
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true")
-    ap.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "results", "core_moments_size.md"))
+    ap.add_argument("--out", default=None, help="report file (default bench/results/core_moments_size.md; --quick: a temp folder)")
     args = ap.parse_args()
     torch.set_grad_enabled(False)
     sizes = {"tiny": (4, 16, 16)} if args.quick else SIZES
@@ -81,7 +81,7 @@ def main():
     if not args.quick:
         lines += ["", "Dense moments of SD1.5 latents would take 1.07 GB (D² fp32 values); SDXL 17 GB; Flux 275 GB: "
                       "the estimator refuses dense above D = 4096 and points to 'lowrank' or 'stationary'."]
-    write_markdown(args.out, lines)
+    write_markdown(report_path(args.out, args.quick, "core_moments_size.md"), lines)
 
 
 if __name__ == "__main__":

@@ -22,6 +22,7 @@ import time
 import torch
 
 from ..reference import REFERENCE_MODELS, load_reference
+from . import RESULTS
 from ..reference.data import load_dataset, load_patches
 from . import calibration, guidance, model_moments
 from .explained import EV_SIGMAS, explained_variance_table, moment_variants
@@ -29,7 +30,6 @@ from .features import accuracy, features, gaussian_stats, train_classifier
 from .quality import (LOW_STEPS, STEPS, Run, Variant, configurations, evaluate, real_floor, sample_run, seed_sets)
 from .report import write_reports
 
-RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
 PARTS = ("ev", "quality", "guidance", "model-moments", "calibration")
 QUALITY_VARIANTS = (Variant("data", "data"), Variant("data", "model"), Variant("model", "model"))
 

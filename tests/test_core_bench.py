@@ -27,3 +27,12 @@ def test_jump_cost_quick(tmp_path):
     assert done.returncode == 0, done.stderr
     rows = [line for line in (tmp_path / "jump.md").read_text().splitlines() if line.startswith("| tiny")]
     assert {r.split("|")[3].strip() for r in rows} == {"lowrank", "stationary", "dense"}
+
+
+def test_quick_runs_default_to_a_temporary_folder(tmp_path):
+    done = subprocess.run([sys.executable, os.path.join(BENCH, "core_moments_size.py"), "--quick"],
+                          capture_output=True, text=True, timeout=240, cwd=str(tmp_path))
+    assert done.returncode == 0, done.stderr
+    written = done.stdout.strip().splitlines()[-1].removeprefix("wrote ").strip()
+    assert os.path.isfile(written) and os.path.realpath(os.path.dirname(written)) != os.path.realpath(
+        os.path.join(BENCH, "results"))
