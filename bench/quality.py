@@ -38,14 +38,16 @@ def std(v):
 class Variant:
     """Where the jump's Gaussian comes from: the moments (data, model-derived, class) and the mean."""
 
-    moments: str = "data"      # data | model (read off the model, no images) | class (μ_w, an oracle)
+    moments: str = "data"      # data | model (read off the model, no images) | prompt (read off the guided model
+                               # for each prompt) | class (μ_w, an oracle)
     mean: str = "data"         # data (the moments' mean) | model (one model call at the start)
 
     @property
     def label(self) -> str:
         names = {("data", "data"): "data moments, data mean", ("data", "model"): "data moments, model mean",
                  ("model", "model"): "model-derived moments, model mean",
-                 ("model", "data"): "model-derived moments and mean", ("class", "data"): "class Gaussian μ_w (oracle)"}
+                 ("model", "data"): "model-derived moments and mean", ("class", "data"): "class Gaussian μ_w (oracle)",
+                 ("prompt", "model"): "moments read off the guided model per prompt, model mean"}
         return names[(self.moments, self.mean)]
 
 

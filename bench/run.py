@@ -182,8 +182,8 @@ def main(argv=None):
         results = [run_model(name, opts) for name in opts.models]
         if opts.reuse:
             saved = load_saved(opts.out, "--reuse")
-            by_name = {r["model"]: r for r in saved["results"]}
-            results = [{**by_name.get(r["model"], {}), **r} for r in results]
+            fresh = {r["model"]: r for r in results}
+            results = [{**r, **fresh.pop(r["model"], {})} for r in saved["results"]] + list(fresh.values())
             opts.command = saved["command"]
             for key, value in saved.get("options", {}).items():
                 setattr(opts, key, value)
