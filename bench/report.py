@@ -239,6 +239,9 @@ def write_reports(results, cal, opts, seconds):
                     "samples; *steps* = paired RMSE over the plain run's RMSE to every other step of its schedule.\n\n"
                     "## The default tolerance, validated\n\n" + validation + "\n\n## Tolerances scored (what the "
                     "bisection would recommend on the measured change curves)\n\n" + tolerances + "\n")
+    partial = os.path.join(out, "results.partial.json")
+    if os.path.exists(partial):
+        os.remove(partial)
     with open(os.path.join(out, "results.json"), "w", encoding="utf-8") as f:
         json.dump({"command": command, "seconds": seconds, "options": {k: getattr(opts, k) for k in SAVED_OPTIONS},
                    "results": results, "calibration": cal}, f, indent=1, default=str)

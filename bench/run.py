@@ -160,6 +160,17 @@ def parse(argv=None):
     return opts
 
 
+def save_progress(results, opts, seconds):
+    """Each model's numbers as soon as they exist (results.partial.json), so a stopped run loses only the
+    model it was on: finish it with --models <the rest> --reuse after renaming the file to results.json."""
+    if opts.reuse:
+        return
+    os.makedirs(opts.out, exist_ok=True)
+    with open(os.path.join(opts.out, "results.partial.json"), "w", encoding="utf-8") as f:
+        json.dump({"command": "python -m gaussian_teleport.bench.run " + " ".join(opts.argv), "seconds": seconds,
+                   "results": results, "calibration": None}, f, default=str)
+
+
 def load_saved(out: str, flag: str) -> dict:
     path = os.path.join(out, "results.json")
     if not os.path.isfile(path):
@@ -179,7 +190,10 @@ def main(argv=None):
         calibration_result = saved.get("calibration")
     else:
         start = time.time()
-        results = [run_model(name, opts) for name in opts.models]
+        results = []
+        for name in opts.models:
+            results.append(run_model(name, opts))
+            save_progress(results, opts, time.time() - start)
         if opts.reuse:
             saved = load_saved(opts.out, "--reuse")
             fresh = {r["model"]: r for r in results}
