@@ -304,7 +304,7 @@ def moments_save_path(folder: str, name: str, if_exists: str = "add number") -> 
     name = str(name).strip()
     if name.endswith(EXTENSION):
         name = name[: -len(EXTENSION)]
-    path = path_inside(folder, name + EXTENSION)
+    path = path_inside(folder, "/".join(safe_relative_name(name)) + EXTENSION)
     if not os.path.exists(path) or if_exists == "overwrite":
         return path
     if if_exists == "error":
