@@ -86,7 +86,7 @@ def test_teleport_wraps_real_k_diffusion_samplers(kdiff, setup, name):
     m, model, x, sigmas = setup
     inner = getattr(kdiff, f"sample_{name}")
     kw = {"noise_sampler": lambda s, sn: torch.zeros_like(x)} if name.endswith("sde") else {}
-    fn = make_teleport_sampler(inner, m, "steps:3", **kw)
+    fn = make_teleport_sampler(inner, m, "steps:3", mean="data", **kw)
     got = fn(model, x, sigmas, disable=True)
     from gaussian_teleport.scheduler import teleport_jump
 

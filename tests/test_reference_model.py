@@ -95,7 +95,7 @@ def test_shipped_model_is_gaussian_at_high_noise_and_its_moments_match_the_data(
     pytest.importorskip("sklearn")
     from gaussian_teleport.moments import gaussian_x0
     from gaussian_teleport.reference.data import load_dataset
-    from gaussian_teleport.scheduler.calibrate import score_explained_variance
+    from gaussian_teleport.scheduler.explained import score_explained_variance
 
     ref = load_reference(name)
     data = load_dataset(name, seed=ref.record.get("seed", 0)).images.double()
