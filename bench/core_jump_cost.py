@@ -13,7 +13,6 @@ Target: a rank-256 jump ≤ 0.5% of one SD1.5 UNet call.
 from __future__ import annotations
 
 import argparse
-import os
 import statistics
 import time
 

@@ -9,8 +9,8 @@ import shlex
 
 import torch
 
-from .calibration import TOLERANCES, quality_held
-from .quality import LOW_STEPS, STEPS, largest_saving, mean, paired_delta, skipped_of, std, unchanged, within_noise
+from .calibration import SAMPLES, TOLERANCES, quality_held
+from .quality import LOW_STEPS, STEPS, largest_saving, mean, paired_delta, std, unchanged, within_noise
 
 
 def pm(v, digits=2):
@@ -146,19 +146,40 @@ def cost_markdown(rows) -> str:
 
 def calibration_markdown(cal) -> tuple[str, str]:
     v = cal["validation"]
+    yes = lambda b: "yes" if b else "**no**"
+    fd = lambda x: "–" if x is None else f"{100 * x:+.1f}%"
     lines = [[r["model"], r["sampler"], r["schedule"], "–" if r["cfg"] is None else f"{r['cfg']:g}", r["best"],
-              r["recommended"], "yes" if r["passes"] else "**no**", "yes" if r["within_one"] else "**no**",
-              f"{r['calls_spent']} ({r['calls_spent'] / r['calls_plain']:.1f}×)", r["summary"]] for r in v]
-    head = ["model", "sampler", "schedule", "CFG w", "best passing steps replaced", "recommended",
-            "passes", "within one step", "calls spent (× plain)", "calibration says"]
-    verdict = (f"{sum(r['passes'] for r in v)}/{len(v)} recommendations pass the paired-quality verdict, "
+              r["recommended"], fd(r.get("fd_change")), yes(r["passes"]), yes(r.get("unchanged")),
+              yes(r["within_one"]), f"{r['calls_spent']} ({r['calls_spent'] / r['calls_plain']:.1f}×)",
+              r["summary"]] for r in v]
+    head = ["model", "sampler", "schedule", "CFG w", "best passing steps replaced", "recommended", "paired ΔFD",
+            "quality held", "unchanged", "within one step", "calls spent (× plain)", "calibration says"]
+    verdict = (f"{sum(r['passes'] for r in v)}/{len(v)} recommendations hold quality (strict and within noise), "
+               f"{sum(bool(r.get('unchanged')) for r in v)}/{len(v)} leave the image unchanged, "
                f"{sum(r['within_one'] for r in v)}/{len(v)} lie within one step of the best passing hand-off; "
                f"cost at most {max(r['calls_spent'] / r['calls_plain'] for r in v):.1f}× one plain generation's calls.")
-    tol = [[r["scale"], f"{r['tolerance']:g}", f"{r['pass']}/{r['configs']}", f"{r['within_one']}/{r['configs']}",
-            r["steps_replaced"]] for r in cal["tolerances"]]
-    tol_table = table(["change over", "tolerance", "recommendation passes", "within one step of the best",
-                       "steps replaced (all configurations)"], tol)
-    return table(head, lines) + "\n\n" + verdict, tol_table
+    rows = cal["tolerances"]
+    tol = [[r["scale"], f"{r['tolerance']:g}", f"{r['pass']}/{r['configs']}",
+            f"{r['unchanged']}/{r['configs']}" if "unchanged" in r else "–",
+            f"{r['within_one']}/{r['configs']}", r["steps_replaced"]] for r in rows]
+    tol_table = table(["change over", "tolerance", "recommendation holds quality", "unchanged",
+                       "within one step of the best", "steps replaced (all configurations)"], tol)
+    return table(head, lines) + "\n\n" + verdict, tol_table + "\n\n" + tolerance_window(rows)
+
+
+def tolerance_window(rows) -> str:
+    """Per scale: the largest tolerance whose recommendations all hold quality, the smallest with ≥ 90% of
+    them within one step of the best (the two cannot both hold when the first is below the second)."""
+    out = []
+    for scale in dict.fromkeys(r["scale"] for r in rows):
+        mine = sorted((r for r in rows if r["scale"] == scale), key=lambda r: r["tolerance"])
+        safe = [r["tolerance"] for r in mine if r["pass"] == r["configs"]]
+        near = [r["tolerance"] for r in mine if r["within_one"] >= 0.9 * r["configs"]]
+        out.append(f"- *{scale}*: every recommendation holds quality up to tolerance "
+                   f"{max(safe):g}" if safe else f"- *{scale}*: no tolerance scored keeps every recommendation")
+        out[-1] += (f"; 90% within one step of the best needs at least {min(near):g}." if near
+                    else "; none scored reaches 90% within one step of the best.")
+    return "\n".join(out)
 
 
 def write_reports(results, cal, opts, seconds):
@@ -232,13 +253,15 @@ def write_reports(results, cal, opts, seconds):
         validation, tolerances = calibration_markdown(cal)
         with open(os.path.join(out, "calibration.md"), "w", encoding="utf-8") as f:
             f.write("# Calibration: the default tolerance and its validation\n\n"
-                    f"calibrate_handoff on {8} fresh noise samples per configuration (the product's path: data "
-                    "moments, mean from the model). \"Passes\": the recommended hand-off holds quality (strict and "
-                    "within noise) in the benchmark's paired table; \"best\": the most steps replaced with every "
-                    "smaller replacement holding quality. Scales: *spread* = paired RMSE over the spread between "
-                    "samples; *steps* = paired RMSE over the plain run's RMSE to every other step of its schedule.\n\n"
-                    "## The default tolerance, validated\n\n" + validation + "\n\n## Tolerances scored (what the "
-                    "bisection would recommend on the measured change curves)\n\n" + tolerances + "\n")
+                    f"calibrate_handoff on {SAMPLES} fresh noise samples per configuration (the product's path: data "
+                    "moments, mean from the model). \"Quality held\": the recommended hand-off passes the benchmark's "
+                    "paired verdict (strict and within noise); \"unchanged\": its paired RMSE is within the plain "
+                    "sampler's own discretisation error and its ΔFD within the seed noise; \"best\": the most steps "
+                    "replaced with every smaller replacement holding quality. Scales: *spread* = paired RMSE over the "
+                    "spread between samples; *steps* = paired RMSE over the plain run's RMSE to every other step of "
+                    "its schedule.\n\n## The default tolerance, validated\n\n" + validation + "\n\n## Tolerances "
+                    "scored (what the bisection would recommend on the measured change curves)\n\n" + tolerances
+                    + "\n")
     partial = os.path.join(out, "results.partial.json")
     if os.path.exists(partial):
         os.remove(partial)

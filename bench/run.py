@@ -198,7 +198,8 @@ def main(argv=None):
             saved = load_saved(opts.out, "--reuse")
             fresh = {r["model"]: r for r in results}
             results = [{**r, **fresh.pop(r["model"], {})} for r in saved["results"]] + list(fresh.values())
-            opts.command = saved["command"]
+            # The record names every run that produced it: the saved one, then this one.
+            opts.command = f"{saved['command']}` then `python -m gaussian_teleport.bench.run {' '.join(opts.argv)}"
             for key, value in saved.get("options", {}).items():
                 setattr(opts, key, value)
         calibration_result = run_calibration(results, opts) if "calibration" in opts.parts else None

@@ -10,7 +10,6 @@ import comfy.samplers
 from comfy_api.latest import io, ui
 
 from ..scheduler.calibrate import DEFAULT_TOLERANCE, calibrate_handoff
-from ..scheduler.settings import DEFAULT_MEAN
 from .comfy_model import model_facts
 from .estimate import progress_bar
 from .plots import plot_change_versus_calls, plot_explained_variance
@@ -42,8 +41,9 @@ class GaussianTeleportCalibrate(io.ComfyNode):
                 mean_input(),
                 io.Float.Input("tolerance", default=DEFAULT_TOLERANCE, min=0.001, max=1.0, step=0.001, tooltip=(
                     "How much the final image may change: the paired RMSE to the plain run over the spread between "
-                    f"different samples. The default {DEFAULT_TOLERANCE:g} is the largest at which the benchmark's "
-                    "recommendations never cost quality.")),
+                    f"different samples (0.01: 1% of how much two seeds differ). At the default {DEFAULT_TOLERANCE:g} "
+                    "the benchmark's recommendations left the image unchanged on every model, sampler and schedule "
+                    "measured; larger values replace more steps and may cost quality.")),
                 io.Sampler.Input("sampler", optional=True, tooltip="Optional: a SAMPLER to use instead of "
                                  "sampler_name (e.g. from KSamplerSelect)."),
             ],

@@ -80,6 +80,19 @@ def test_the_tolerance_is_scored_by_the_same_bisection_as_calibrate_handoff():
     assert [bisect(curve, t) for t in (0.0005, 0.005, 0.03, 1.0)] == [0, 2, 4, 6]
 
 
+def test_the_tolerance_window_names_the_safe_and_the_near_ends():
+    from gaussian_teleport.bench.report import tolerance_window
+
+    rows = [{"scale": "spread", "tolerance": t, "pass": p, "within_one": w, "configs": 21}
+            for t, p, w in ((0.005, 21, 9), (0.01, 20, 12), (0.02, 17, 19), (0.03, 14, 21))]
+    rows.append({"scale": "steps", "tolerance": 0.5, "pass": 8, "within_one": 10, "configs": 21})
+    text = tolerance_window(rows).splitlines()
+    assert text[0] == ("- *spread*: every recommendation holds quality up to tolerance 0.005; 90% within one step "
+                       "of the best needs at least 0.02.")
+    assert text[1] == ("- *steps*: no tolerance scored keeps every recommendation; none scored reaches 90% within one "
+                       "step of the best.")
+
+
 def run_bench(*args, cwd):
     return subprocess.run([sys.executable, "-m", "gaussian_teleport.bench.run", *args], capture_output=True,
                           text=True, timeout=600, cwd=str(cwd))
