@@ -129,7 +129,7 @@ def parse(argv=None):
     p.add_argument("--parts", nargs="+", choices=PARTS, default=list(PARTS))
     p.add_argument("--samples", type=int, default=1000, help="samples per seed set")
     p.add_argument("--sets", type=int, default=4, help="seed sets")
-    p.add_argument("--out", default=None, help=f"where reports go (default: {RESULTS}; --quick: a temporary folder)")
+    p.add_argument("--out", default=None, help="where reports go (default: bench/results in this package; --quick: a temporary folder)")
     p.add_argument("--no-plots", action="store_true", help="skip the PNG plots (no matplotlib needed)")
     p.add_argument("--report-only", action="store_true",
                    help="rewrite the tables and plots from <--out>/results.json without sampling again")

@@ -73,10 +73,16 @@ class HandoffCalibration:
     def summary(self) -> str:
         """One line: 'hand-off σ 4.5: 5 of 20 steps replaced, change 0.4 of the tolerance; calls 20 → 15'."""
         if self.sigma is None:
+            within = [c for c in self.curve if c.passed]
             first = min(self.curve, key=lambda c: c.skipped) if self.curve else None
-            worst = f" (replacing 1 step already changes it by {first.change / self.tolerance:.2g}× the tolerance)" \
-                if first is not None and first.skipped == 1 else ""
-            return f"do not teleport with these settings{worst}; calls stay {self.calls_plain}"
+            if within:
+                k = max(c.skipped for c in within)
+                why = f" (replacing {k} step{'s' if k > 1 else ''} would save no model call)"
+            elif first is not None and first.skipped == 1:
+                why = f" (replacing 1 step already changes it by {first.change / self.tolerance:.2g}× the tolerance)"
+            else:
+                why = ""
+            return f"do not teleport with these settings{why}; calls stay {self.calls_plain}"
         return (f"hand-off σ {format_sigma(self.sigma)}: {self.skipped} of {self.steps} steps replaced, change "
                 f"{self.change / self.tolerance:.2g} of the tolerance; calls {self.calls_plain} → {self.calls_teleport}")
 
@@ -179,6 +185,8 @@ def calibrate_handoff(model, x: torch.Tensor, sigmas: torch.Tensor, sampler: Cal
         else:
             hi = mid - 1
     best = ks[lo - 1] if lo else 0
+    if best and measured[best].calls >= calls_plain:
+        best = 0        # within the tolerance but no call saved (the model mean's probe costs one): no gain
     calls_best = measured[best].calls if best else calls_plain
     return HandoffCalibration(curve=sorted(measured.values(), key=lambda c: c.skipped), skipped=best,
                               sigma=levels[best] if best else None, steps=n, calls_plain=calls_plain,

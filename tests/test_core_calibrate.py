@@ -88,3 +88,19 @@ def test_refusals(setup):
         calibrate_handoff(model, x, SIGMAS, sample_heun, moments=moments, tolerance=0)
     with pytest.raises(ValueError, match="none of the candidates"):
         calibrate_handoff(model, x, SIGMAS, sample_heun, moments=moments, candidates=["sigma:100"])
+
+
+def test_a_hand_off_that_saves_no_call_is_not_recommended(setup):
+    """Euler with the mean from the model: replacing one step costs the probe's call and saves one."""
+    from gaussian_teleport.scheduler import sample_euler
+
+    moments, model, x = setup
+    got = calibrate_handoff(model, x, SIGMAS, sample_euler, moments=moments, mean="model", tolerance=1.0,
+                            candidates=[Handoff("steps", 1)])
+    assert [c.passed for c in got.curve] == [True] and got.curve[0].calls == got.calls_plain
+    assert got.sigma is None and got.skipped == 0 and got.calls_teleport == got.calls_plain
+    assert got.summary() == (f"do not teleport with these settings (replacing 1 step would save no model call); "
+                             f"calls stay {got.calls_plain}")
+    two = calibrate_handoff(model, x, SIGMAS, sample_euler, moments=moments, mean="model", tolerance=1.0,
+                            candidates=[Handoff("steps", 2)])
+    assert two.skipped == 2 and two.calls_teleport == two.calls_plain - 1
