@@ -17,10 +17,11 @@ import zlib
 import torch
 
 from .reference import DEFAULT_MODEL, REFERENCE_MODELS, GuidedDenoiser, load_reference
-from .scheduler import (DEFAULT_MEAN, MEANS, SAMPLERS, Handoff, get_sigmas_edm, get_sigmas_sd_karras,
-                        make_teleport_sampler, model_calls, plan_teleport)
+from .scheduler import DEFAULT_MEAN, MEANS, SAMPLERS, Handoff, make_teleport_sampler, model_calls, plan_teleport
+from .scheduler.calibrate import CountingModel
+from .scheduler.schedules import REFERENCE_SCHEDULES, make_sigmas  # noqa: F401  (make_sigmas: the bench's too)
 
-SCHEDULES = ("edm", "sd")
+SCHEDULES = REFERENCE_SCHEDULES
 DEFAULT_STEPS = {"euler": 20, "heun": 18, "dpmpp_2m": 20}
 # The default hand-off σ, in units of the data's largest standard deviation √λ_max. In the benchmark
 # (README, "The benchmark") the safe hand-off differed between the models in both σ_data and √λ_max
@@ -67,19 +68,6 @@ def progress_bar(total: int, desc: str, disable: bool = False):
     return tqdm(total=total, desc=desc, disable=disable, unit="call")
 
 
-class CountingDenoiser:
-    """Wraps a denoiser; counts its calls (one per batched evaluation) and advances a progress bar."""
-
-    def __init__(self, model, bar=None):
-        self.model, self.bar, self.calls = model, bar, 0
-
-    def __call__(self, x, sigma, **extra_args):
-        self.calls += 1
-        if self.bar is not None:
-            self.bar.update(1)
-        return self.model(x, sigma, **extra_args)
-
-
 # ----------------------------------------------------------------------------
 # Noise, schedules and sampling.
 
@@ -87,14 +75,6 @@ class CountingDenoiser:
 def seeded_noise(seeds, shape) -> torch.Tensor:
     """One generator per seed, so sample i depends only on seed i (not on batch size or order)."""
     return torch.stack([torch.randn(shape, generator=torch.Generator().manual_seed(int(s))) for s in seeds])
-
-
-def make_sigmas(schedule: str, steps: int, sigma_data: float) -> torch.Tensor:
-    if schedule == "edm":
-        return get_sigmas_edm(steps, sigma_data)
-    if schedule == "sd":
-        return get_sigmas_sd_karras(steps, sigma_data)
-    raise ValueError(f"schedule must be one of {SCHEDULES}, got {schedule!r}")
 
 
 def parse_seeds(text: str) -> list[int]:
@@ -117,7 +97,7 @@ def run_sampler(fn, model, noise, sigmas, extra_args, desc, quiet, expected_call
     bar = progress_bar(expected_calls * repeats, desc, disable=quiet)
     seconds = []
     for _ in range(repeats):
-        counted = CountingDenoiser(model, bar)
+        counted = CountingModel(model, lambda _: bar.update(1))
         start = time.perf_counter()
         x = fn(counted, noise * sigmas[0], sigmas.to(noise.dtype), extra_args=extra_args, disable=True)
         seconds.append(time.perf_counter() - start)

@@ -18,10 +18,12 @@ def report_path(out: str | None, quick: bool, name: str) -> str:
     """Where a core benchmark writes: --out, else bench/results/<name> — or, for a --quick smoke run, a new
     temporary folder (a smoke run never replaces committed results)."""
 
-    if out is not None:
-        return out
-    folder = tempfile.mkdtemp(prefix="teleport-bench-") if quick else RESULTS
-    return os.path.join(folder, name)
+    return out if out is not None else os.path.join(default_folder(quick), name)
+
+
+def default_folder(quick: bool) -> str:
+    """The committed results, or for a smoke run a new temporary folder."""
+    return tempfile.mkdtemp(prefix="teleport-bench-") if quick else RESULTS
 
 
 def write_markdown(path: str, lines: list[str]) -> None:

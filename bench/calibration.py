@@ -17,7 +17,7 @@ import torch
 from ..demo import make_sigmas, seeded_noise
 from ..reference import GuidedDenoiser
 from ..scheduler import SAMPLERS, Handoff, calibrate_handoff, sample_teleport
-from ..scheduler.calibrate import DEFAULT_TOLERANCE, paired_change, spread_between_samples
+from ..scheduler.calibrate import DEFAULT_TOLERANCE, largest_passing, paired_change, spread_between_samples
 from .quality import STEPS, largest_saving, mean, paired_delta, skipped_of, strict, unchanged, within_noise
 
 TOLERANCES = {"spread": (0.005, 0.0075, 0.01, 0.0125, 0.015, 0.02, 0.03, 0.04, 0.05, 0.075, 0.1, 0.15),
@@ -109,15 +109,7 @@ def curves(ref, config) -> dict:
 
 def bisect(curve: dict, tolerance: float) -> int:
     """What calibrate_handoff's bisection recommends on a measured curve."""
-    ks = sorted(curve)
-    lo, hi = 0, len(ks)
-    while lo < hi:
-        mid = (lo + hi + 1) // 2
-        if curve[ks[mid - 1]] <= tolerance:
-            lo = mid
-        else:
-            hi = mid - 1
-    return ks[lo - 1] if lo else 0
+    return largest_passing(sorted(curve), lambda k: curve[k] <= tolerance)
 
 
 def tolerance_table(configs) -> list[dict]:

@@ -28,6 +28,7 @@ import time
 import torch
 
 from ..moments.files import load_moments
+from ..scheduler.calibrate import paired_change
 from ..scheduler.handoff import Handoff
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -158,10 +159,6 @@ def call_args(args, prompt: str, seed: int, steps: int) -> dict:
     return call
 
 
-def rmse(a: torch.Tensor, b: torch.Tensor) -> float:
-    return float((a.double() - b.double()).pow(2).mean().sqrt())
-
-
 # ----------------------------------------------------------------------------
 # Optional scores: LPIPS (the lpips package, with its backbone weights already cached) and CLIP.
 
@@ -222,7 +219,7 @@ def calibrate(pipe, moments, args, prompt: str, seeds: list[int]):
     from ..diffusers import PipelineDenoiser, latent_format, pipeline_family, scheduler_kind
     from ..diffusers.families import image_latents
     from ..diffusers.teleport import record_start
-    from ..scheduler import calibrate_handoff, sample_dpmpp_2m, sample_euler, sample_heun
+    from ..scheduler import SAMPLERS, calibrate_handoff
 
     if len(seeds) < 2:
         raise UsageError("--calibrate needs at least 2 seeds (it measures the spread between samples)")
@@ -236,7 +233,7 @@ def calibrate(pipe, moments, args, prompt: str, seeds: list[int]):
     x = kind.to_core(image_latents(pipe, family, noise * record.start_scale, call).float(), sigma0)
     model = PipelineDenoiser(pipe, **{k: v for k, v in call.items() if k not in ("generator", "num_images_per_prompt",
                                                                                  "output_type")})
-    sampler = {"euler": sample_euler, "heun": sample_heun, "dpmpp_2m": sample_dpmpp_2m}[kind.name]
+    sampler = SAMPLERS[kind.name]
     log(f"calibrating the hand-off on {len(seeds)} seeds of the first prompt ({kind.name}, {args.steps} steps)")
     result = calibrate_handoff(model, x, record.sigmas.to(torch.float32), sampler, moments=moments, mean=args.mean,
                                parameterization=kind.parameterization, latent_format=latent_format(pipe, family))
@@ -275,7 +272,8 @@ def run_benchmark(args) -> dict:
         plain = run_once(lambda: pipe(**call_args(args, prompt, seed, args.steps)), counter, device)
         fine = run_once(lambda: pipe(**call_args(args, prompt, seed, 2 * args.steps)), counter, device)
         record = lambda name, res: runs[name].append(  # noqa: E731
-            {"prompt": prompt, "seed": seed, "calls": res[1], "seconds": res[2], "rmse": rmse(res[0], plain[0]),
+            {"prompt": prompt, "seed": seed, "calls": res[1], "seconds": res[2],
+             "rmse": paired_change(res[0], plain[0]),
              "lpips": lp(res[0], plain[0]) if lp else None, "clip": clip(res[0], prompt) if clip else None,
              "image": res[0][0]})
         record("plain", plain)

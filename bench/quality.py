@@ -192,13 +192,10 @@ def unchanged(row, base) -> bool:
     return mean(row["rmse"]) <= mean(base["rmse_fine"]) and within_noise(row, base)
 
 
-VERDICTS = {"within noise": within_noise, "strict": strict, "unchanged": unchanged}
-
-
 def largest_saving(rows, base, verdict):
     """The save-mode run with the most skipped steps such that it and every smaller skip pass ``verdict``."""
     best = base
-    for r in sorted((r for r in rows if r["mode"] == "save"), key=lambda r: int(r["handoff"].split(":")[1])):
+    for r in sorted((r for r in rows if r["mode"] == "save"), key=skipped_of):
         if not verdict(r, base):
             break
         best = r

@@ -9,8 +9,8 @@ import shlex
 
 import torch
 
-from .calibration import SAMPLES, TOLERANCES, quality_held
-from .quality import LOW_STEPS, STEPS, largest_saving, mean, paired_delta, std, unchanged, within_noise
+from .calibration import SAMPLES, quality_held
+from .quality import LOW_STEPS, STEPS, largest_saving, mean, paired_delta, std, unchanged
 
 
 def pm(v, digits=2):
@@ -214,8 +214,8 @@ def write_reports(results, cal, opts, seconds):
         if r.get("guidance"):
             parts += [f"\n## (d) {r['model']}: classifier-free guidance\n",
                       table(GUIDANCE_HEADERS, guidance_bottom_line(r["guidance"]))]
+    validation, tolerances = calibration_markdown(cal) if cal else (None, None)
     if cal:
-        validation, tolerances = calibration_markdown(cal)
         parts += ["\n## (f) Calibration at the default tolerance\n", validation]
     with open(os.path.join(out, "summary.md"), "w", encoding="utf-8") as f:
         f.write("\n".join(parts) + "\n")
@@ -243,14 +243,14 @@ def write_reports(results, cal, opts, seconds):
         if r.get("sweep"):
             from .model_moments import cost_rows
 
-            shapes = {f"{name} ({'×'.join(map(str, load_shape(r)))})": load_shape(r)}
+            shape = load_shape(r)
+            shapes = {f"{name} ({'×'.join(map(str, shape))})": shape}
             with open(os.path.join(out, f"{name}_model_moments.md"), "w", encoding="utf-8") as f:
                 f.write(f"# {name}: moments read off the model (no images)\n\nEach row changes one setting from the "
                         "defaults; heun, EDM schedule, mean from the model, "
                         f"{opts.sweep_samples} samples.\n\n" + sweep_markdown(r["sweep"])
                         + "\n\n## Cost\n\n" + cost_markdown(cost_rows(shapes)) + "\n")
     if cal:
-        validation, tolerances = calibration_markdown(cal)
         with open(os.path.join(out, "calibration.md"), "w", encoding="utf-8") as f:
             f.write("# Calibration: the default tolerance and its validation\n\n"
                     f"calibrate_handoff on {SAMPLES} fresh noise samples per configuration (the product's path: data "
@@ -285,4 +285,4 @@ def load_shape(result) -> tuple:
     return (cfg.get("channels", 1), cfg.get("size", 8), cfg.get("size", 8))
 
 
-__all__ = ["write_reports", "bottom_line", "within_noise", "TOLERANCES"]
+__all__ = ["write_reports", "bottom_line"]

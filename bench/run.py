@@ -16,13 +16,12 @@ import argparse
 import json
 import os
 import sys
-import tempfile
 import time
 
 import torch
 
 from ..reference import REFERENCE_MODELS, load_reference
-from . import RESULTS
+from . import RESULTS, default_folder  # noqa: F401  (RESULTS: the committed results, for callers)
 from ..reference.data import load_dataset, load_patches
 from . import calibration, guidance, model_moments
 from .explained import EV_SIGMAS, explained_variance_table, moment_variants
@@ -156,7 +155,7 @@ def parse(argv=None):
         opts.guidance_scales, opts.guidance_runs = (3.0,), (("euler", "sd"),)
         opts.sweep, opts.sweep_samples, opts.sweep_seeds = {"sigma": (10.0,)}, 32, 1
     if opts.out is None:
-        opts.out = tempfile.mkdtemp(prefix="teleport-bench-") if opts.quick and not opts.report_only else RESULTS
+        opts.out = default_folder(opts.quick and not opts.report_only)
     return opts
 
 
@@ -180,13 +179,18 @@ def load_saved(out: str, flag: str) -> dict:
         return json.load(f)
 
 
+def restore_options(opts, saved: dict) -> None:
+    """The saved run's sizes, which the reports quote."""
+    for key, value in saved.get("options", {}).items():
+        setattr(opts, key, value)
+
+
 def main(argv=None):
     opts = parse(argv)
     if opts.report_only:
         saved = load_saved(opts.out, "--report-only")
         opts.command, results, seconds = saved["command"], saved["results"], saved["seconds"]
-        for key, value in saved.get("options", {}).items():
-            setattr(opts, key, value)
+        restore_options(opts, saved)
         calibration_result = saved.get("calibration")
     else:
         start = time.time()
@@ -200,8 +204,7 @@ def main(argv=None):
             results = [{**r, **fresh.pop(r["model"], {})} for r in saved["results"]] + list(fresh.values())
             # The record names every run that produced it: the saved one, then this one.
             opts.command = f"{saved['command']}` then `python -m gaussian_teleport.bench.run {' '.join(opts.argv)}"
-            for key, value in saved.get("options", {}).items():
-                setattr(opts, key, value)
+            restore_options(opts, saved)
         calibration_result = run_calibration(results, opts) if "calibration" in opts.parts else None
         if opts.reuse and calibration_result is None:
             calibration_result = saved.get("calibration")

@@ -16,8 +16,8 @@ from __future__ import annotations
 
 import torch
 
-from .base import (GaussianMoments, GaussianOperator, MomentAccumulator, MomentsError, ScatterAccumulator,
-                   affine_vectors, log, shape_str, zero_roundoff)
+from .base import (DEFAULT_RANK, GaussianMoments, GaussianOperator, MomentAccumulator, MomentsError,
+                   ScatterAccumulator, affine_vectors, log, shape_str, zero_roundoff)
 
 DENSE_MAX_DIM = 4096     # a float64 D×D scatter of 128 MiB and an eigh that takes about a minute
 SCATTER_MAX_DIM = 1024   # below this a D×D eigh takes well under a second: low-rank stays exact
@@ -181,7 +181,7 @@ class DenseAccumulator(ScatterAccumulator, structure="dense"):
 class LowRankAccumulator(DenseAccumulator, structure="lowrank"):
     """Centred columns (Gram route) while they are few; then the exact scatter (small D) or a sketch."""
 
-    def __init__(self, structure=None, *, rank: int = 256, sketch: int | None = None,
+    def __init__(self, structure=None, *, rank: int = DEFAULT_RANK, sketch: int | None = None,
                  dense_max_dim: int = SCATTER_MAX_DIM, **kw):
         MomentAccumulator.__init__(self, structure, rank=rank)
         self.scatter_max_dim = min(int(dense_max_dim), DENSE_MAX_DIM)   # exact scatter up to this D

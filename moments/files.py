@@ -31,7 +31,6 @@ _TENSORS = {
     "lowrank": ("mean", "eigvals", "eigvecs", "residual"),
     "stationary": ("mean", "eigvals", "eigvecs_real", "eigvecs_imag"),
 }
-_CLASSES = {"dense": DenseMoments, "lowrank": LowRankMoments, "stationary": StationaryMoments}
 _DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16,
            "float64": torch.float64}
 _RESERVED = {"format", "format_version", "structure", "latent_shape", "channels", "space", "latent_format",

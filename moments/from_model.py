@@ -26,9 +26,9 @@ from typing import Callable
 import torch
 
 from .base import GaussianMoments, MomentsError, log, shape_str
-from .eigen import DenseMoments, LowRankMoments, descending_eigh
+from .eigen import DenseMoments, EigenOperator, LowRankMoments, descending_eigh
 from .gaussian import model_implied_mean, variance_from_gain
-from .stationary import StationaryMoments, eigh_spectrum
+from .stationary import StationaryMoments, StationaryOperator, eigh_spectrum
 
 DEFAULT_SIGMA = 10.0      # noise level σ/α at which the Jacobian is read (about twice the default hand-off)
 DEFAULT_MODEL_RANK = 16   # directions read; the rest is one isotropic variance (more adds noise, not accuracy)
@@ -136,17 +136,14 @@ def estimate_moments_from_model(model, latent_shape, *, sigma: float = DEFAULT_S
     extra_args = extra_args or {}
     noise = lambda *size: torch.randn(*size, generator=gen, dtype=torch.float64)  # noqa: E731
 
-    if structure == "stationary":
-        total = draws
-    else:
-        total = iterations + draws
+    total = cost_in_calls(structure, iterations, draws, rank, shape, probes)["calls"]
     probe = ModelProbe(model, s, extra_args, batch_size, progress, total, device, input_dtype)
     report: dict = {}
     if structure == "stationary":
         result = _stationary(probe, shape, s, alpha, h, draws, noise, report)
     else:
-        k = d if structure == "dense" else min(int(rank), d)
-        result = _eigen(probe, shape, s, alpha, h, k, iterations, draws, probes, noise, report)
+        result = _eigen(probe, shape, s, alpha, h, _rank(structure, rank, d), iterations, draws, probes, noise,
+                        report)
     if report.get("capped"):
         log.warning("Gaussian Teleport: %d direction(s) of the model's Jacobian at noise level %g reached 1/α: the "
                     "model is not Gaussian there (or not trained); their variances are capped at %g σ². Read the "
@@ -175,7 +172,7 @@ def _base_point(mean_guess, shape, s, alpha, noise):
 def _eigen(probe, shape, s, alpha, h, k, iterations, draws, probes, noise, report):
     """Subspace iteration on J, Rayleigh–Ritz on J·Q averaged over draws, Hutchinson for the rest."""
     d = shape[0] * shape[1] * shape[2]
-    block = min(d, k + min(max(k // 4, 4), 16))          # a little oversampling for the top k
+    block = _block(k, d)
     mean_guess = torch.zeros(shape, dtype=torch.float64)
     bases, outputs = [], []
     q = noise(block, *shape)                              # Gaussian start (its first pass is not used for λ)
@@ -207,7 +204,7 @@ def _eigen(probe, shape, s, alpha, h, k, iterations, draws, probes, noise, repor
             trace_num += float((jv[block:] * g).sum())
             trace_den += float((g * g).sum())
     small = basis.T @ (jq_sum / draws)
-    gains, vecs = descending_eigh(0.5 * (small + small.T))
+    gains, vecs = descending_eigh(small)   # it symmetrises
     eigvecs = basis @ vecs
     variances = _gains_to_variances(gains, s, alpha, report)
     if k == d:
@@ -217,33 +214,14 @@ def _eigen(probe, shape, s, alpha, h, k, iterations, draws, probes, noise, repor
         rest_gain = ((trace_num / trace_den) * complement + dropped) / (d - k) if m else dropped / max(d - k, 1)
         residual = _gains_to_variances(torch.tensor([max(rest_gain, 0.0)], dtype=torch.float64), s, alpha, report)[0]
     lam, u = variances[:k], eigvecs[:, :k]
-    mean = _implied_mean(bases, outputs, s, alpha, lambda v, f: _apply_eigen(v, f, lam, u, residual, k == d))
+    op = EigenOperator(torch.zeros(shape, dtype=torch.float64), lam, u, residual)
     kind = "dense" if k == d else "lowrank"
-    return mean, kind, (lam, u, residual)
+    return _implied_mean(op, bases, outputs, s, alpha), kind, (lam, u, residual)
 
 
-def _apply_eigen(v, f, lam, u, residual, complete):
-    flat = v.reshape(v.shape[0], -1)
-    coeff = flat @ u
-    out = (coeff * f(lam)) @ u.T
-    if not complete:
-        out = out + f(residual) * (flat - coeff @ u.T)
-    return out.reshape(v.shape)
-
-
-class _Op:
-    """The minimal operator model_implied_mean needs: apply(v, f) = f(Σ)v."""
-
-    def __init__(self, apply):
-        self._apply = apply
-
-    def apply(self, v, f):
-        return self._apply(v, f)
-
-
-def _implied_mean(bases, outputs, s, alpha, apply):
-    x, out = torch.stack(bases), torch.stack(outputs)
-    return model_implied_mean(_Op(apply), x, out, s, alpha).mean(0)
+def _implied_mean(op, bases, outputs, s, alpha):
+    """The mean the model implies at every base point it was called at, averaged."""
+    return model_implied_mean(op, torch.stack(bases), torch.stack(outputs), s, alpha).mean(0)
 
 
 def _stationary(probe, shape, s, alpha, h, draws, noise, report):
@@ -269,15 +247,8 @@ def _stationary(probe, shape, s, alpha, h, draws, noise, report):
         mean_guess = out
     gains, vecs = eigh_spectrum(blocks / draws)
     variances = _gains_to_variances(gains, s, alpha, report)
-
-    def apply(v, f):
-        spec = torch.fft.fft2(v, norm="ortho").permute(0, 2, 3, 1).unsqueeze(-1)
-        coeff = vecs.mH @ spec
-        scaled = coeff * f(variances).unsqueeze(-1).to(coeff.dtype)
-        return torch.fft.ifft2((vecs @ scaled).squeeze(-1).permute(0, 3, 1, 2), norm="ortho").real
-
-    mean = _implied_mean(bases, outputs, s, alpha, apply)
-    return mean, "stationary", (variances, vecs)
+    op = StationaryOperator(torch.zeros(shape, dtype=torch.float64), variances, vecs)
+    return _implied_mean(op, bases, outputs, s, alpha), "stationary", (variances, vecs)
 
 
 def cost_in_calls(structure: str, iterations: int = DEFAULT_ITERATIONS, draws: int = DEFAULT_DRAWS,
@@ -287,8 +258,16 @@ def cost_in_calls(structure: str, iterations: int = DEFAULT_ITERATIONS, draws: i
     d = c * h * w
     if structure == "stationary":
         return {"calls": draws, "evaluations": draws * (c + 1), "latent": shape_str(latent_shape)}
-    k = d if structure == "dense" else min(rank, d)
-    block = min(d, k + min(max(k // 4, 4), 16))
+    block = _block(_rank(structure, rank, d), d)
     m = probes if d > block else 0
     return {"calls": iterations + draws, "evaluations": iterations * (block + 1) + draws * (block + m + 1),
             "latent": shape_str(latent_shape)}
+
+
+def _rank(structure: str, rank: int, d: int) -> int:
+    return d if structure == "dense" else min(int(rank), d)
+
+
+def _block(k: int, d: int) -> int:
+    """Directions iterated for the top k: a little oversampling."""
+    return min(d, k + min(max(k // 4, 4), 16))

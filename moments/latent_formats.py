@@ -30,8 +30,7 @@ class LatentFormat:
         """(a, b) per channel of the raw → model map z' = a·z + b."""
         scale = torch.as_tensor(self.scale, dtype=torch.float64)
         shift = torch.as_tensor(self.shift, dtype=torch.float64)
-        a, b = affine_vectors(scale, -scale * shift, self.channels)
-        return a, b
+        return affine_vectors(scale, -scale * shift, self.channels)
 
     @classmethod
     def from_map(cls, name: str, process_in, channels: int) -> "LatentFormat":
@@ -97,4 +96,4 @@ def to_model_space(moments: GaussianMoments, fmt: "str | LatentFormat | float", 
 
 def to_model_space_named(moments: GaussianMoments, name: str) -> GaussianMoments:
     """Convert raw moments with one of the known formats in LATENT_FORMATS."""
-    return to_model_space(moments, find_latent_format(name))
+    return to_model_space(moments, name)

@@ -10,7 +10,7 @@ import comfy.samplers
 from comfy_api.latest import io, ui
 
 from ..scheduler.calibrate import DEFAULT_TOLERANCE, calibrate_handoff
-from .comfy_model import model_facts
+from .comfy_model import model_facts, run_in_guider
 from .estimate import progress_bar
 from .plots import plot_change_versus_calls, plot_explained_variance
 from .sampling import inner_sampler, sampler_name_problem
@@ -66,19 +66,15 @@ class GaussianTeleportCalibrate(io.ComfyNode):
     def execute(cls, guider, sigmas, latent, moments, noise, sampler_name, mean, tolerance, sampler=None
                 ) -> io.NodeOutput:
         inner = inner_sampler(sampler_name, sampler)
-        found = {}
 
-        def calibrate(model, x, schedule, extra_args=None, callback=None, disable=None):
+        def calibrate(model, x, schedule, extra_args):
             fmt, param = model_facts(model, int(x.shape[1]))
-            found["cal"] = calibrate_handoff(model, x, schedule, inner.sampler_function, moments=moments, mean=mean,
-                                             parameterization=param, latent_format=fmt, extra_args=extra_args,
-                                             tolerance=tolerance, progress=progress_bar(1), **inner.extra_options)
-            return x
+            return calibrate_handoff(model, x, schedule, inner.sampler_function, moments=moments, mean=mean,
+                                     parameterization=param, latent_format=fmt, extra_args=extra_args,
+                                     tolerance=tolerance, progress=progress_bar(1), **inner.extra_options)
 
         samples = comfy.sample.fix_empty_latent_channels(guider.model_patcher, latent["samples"])
-        guider.sample(noise.generate_noise(latent), samples, comfy.samplers.KSAMPLER(calibrate), sigmas,
-                      denoise_mask=None, callback=None, disable_pbar=True, seed=noise.seed)
-        cal = found["cal"]
+        cal = run_in_guider(guider, noise.generate_noise(latent), samples, sigmas, noise.seed, calibrate)
         log.info("Gaussian Teleport calibration\n%s", cal.report())
         best = next((c for c in cal.curve if c.skipped == cal.skipped), None)
         plot = plot_change_versus_calls(cal.curve, cal.tolerance, cal.calls_plain, best, cal.summary())

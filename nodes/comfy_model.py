@@ -12,10 +12,12 @@ import torch
 
 from ..moments.base import GaussianMoments, MomentsError
 from ..moments.latent_formats import LatentFormat
+from ..scheduler.parameterization import FLOW, VE, Parameterization
 from ..scheduler.settings import TeleportSettings
 from ..scheduler.teleport import sample_teleport
 
 log = logging.getLogger("gaussian_teleport")
+TELEPORT_FUNCTION = "sample_gaussian_teleport"   # the name a teleport SAMPLER's function carries
 
 # ComfyUI's model_sampling mix-ins, by class name (combined into one class per model).
 VE_KINDS = ("EDM", "V_PREDICTION", "EPS")            # x = x0 + σ·ε as the samplers see it
@@ -23,17 +25,17 @@ FLOW_KINDS = ("CONST",)                              # x = (1 − t)·x0 + t·ε
 REFUSED_KINDS = ("IMG_TO_IMG", "X0", "COSMOS_RFLOW")  # checked first: X0 derives from EPS
 
 
-def parameterization_of(model_sampling) -> str:
-    """'ve' or 'flow' for a ComfyUI model_sampling object; MomentsError naming anything else."""
+def parameterization_of(model_sampling) -> Parameterization:
+    """VE or FLOW for a ComfyUI model_sampling object; MomentsError naming anything else."""
     names = [c.__name__ for c in type(model_sampling).__mro__]
     for name in REFUSED_KINDS:
         if name in names:
             raise MomentsError(f"Gaussian teleport does not support {name} models ({type(model_sampling).__name__}); "
                                "it works with EPS, v-prediction, EDM and flow (CONST: SD3, Flux) models")
     if any(n in names for n in FLOW_KINDS):
-        return "flow"
+        return FLOW
     if any(n in names for n in VE_KINDS):
-        return "ve"
+        return VE
     raise MomentsError(f"unknown model sampling type {type(model_sampling).__name__} (bases {names[1:4]}); "
                        "Gaussian teleport supports EPS, v-prediction, EDM and flow (CONST) models")
 
@@ -55,7 +57,7 @@ def find_on_chain(model, attr: str, depth: int = 6):
     return None
 
 
-def model_facts(model, channels: int) -> tuple[LatentFormat, str]:
+def model_facts(model, channels: int) -> tuple[LatentFormat, Parameterization]:
     """(latent format, parameterization) of the diffusion model behind a sampler call."""
     base = find_on_chain(model, "latent_format")
     if base is None or not hasattr(base, "model_sampling"):
@@ -64,7 +66,7 @@ def model_facts(model, channels: int) -> tuple[LatentFormat, str]:
     return latent_format_of(base.latent_format, channels), parameterization_of(base.model_sampling)
 
 
-def patcher_facts(patcher, channels: int) -> tuple[LatentFormat, str]:
+def patcher_facts(patcher, channels: int) -> tuple[LatentFormat, Parameterization]:
     """(latent format, parameterization) of a ModelPatcher (a MODEL socket)."""
     return (latent_format_of(patcher.get_model_object("latent_format"), channels),
             parameterization_of(patcher.get_model_object("model_sampling")))
@@ -85,5 +87,21 @@ def teleport_function(moments: GaussianMoments, settings: TeleportSettings, inne
                                        "step, which the closed-form jump does not model" if mask else None,
                                **options)
 
-    sample.__name__ = "sample_gaussian_teleport"
+    sample.__name__ = TELEPORT_FUNCTION
     return sample
+
+
+def run_in_guider(guider, noise: torch.Tensor, latent: torch.Tensor, sigmas: torch.Tensor, seed: int, fn):
+    """Run ``fn(model, x, sigmas, extra_args)`` inside ``guider.sample`` (the guided model with its conds, as a
+    sampler sees it) and return what ``fn`` returned."""
+    import comfy.samplers
+
+    found = {}
+
+    def sampler(model, x, schedule, extra_args=None, callback=None, disable=None):
+        found["result"] = fn(model, x, schedule, extra_args)
+        return x
+
+    guider.sample(noise, latent, comfy.samplers.KSAMPLER(sampler), sigmas, denoise_mask=None, callback=None,
+                  disable_pbar=True, seed=seed)
+    return found["result"]

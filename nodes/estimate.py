@@ -14,8 +14,7 @@ from comfy_api.latest import io
 
 from ..moments.estimate import estimate_moments_from_images, start_accumulator
 from ..moments.from_model import DEFAULT_MODEL_RANK, DEFAULT_SIGMA, estimate_moments_from_model
-from ..scheduler.parameterization import parameterization as as_parameterization
-from .comfy_model import latent_format_of, parameterization_of
+from .comfy_model import patcher_facts, run_in_guider
 from .widgets import CATEGORY, Moments, moments_input, rank_input, structure_input
 
 
@@ -198,26 +197,21 @@ class GaussianTeleportEstimateMomentsModel(io.ComfyNode):
             cond = zero_conditioning(model)
         else:
             cond = zeroed(conditioning) if prompt == "unconditional" else conditioning
-        fmt = latent_format_of(comfy_format, channels)
-        param = parameterization_of(model.get_model_object("model_sampling"))
-        found = {}
+        fmt, param = patcher_facts(model, channels)
 
-        def estimate(model_k, x, sigmas, extra_args=None, callback=None, disable=None):
-            found["moments"] = estimate_moments_from_model(
+        def estimate(model_k, x, sigmas, extra_args):
+            return estimate_moments_from_model(
                 model_k, shape, sigma=sigma, rank=rank, structure=structure, parameterization=param,
                 extra_args=extra_args, device=x.device, input_dtype=x.dtype,
                 generator=torch.Generator().manual_seed(seed), progress=progress_bar(1),
                 latent_format=fmt.name, metadata={"model": type(model.model).__name__})
-            return x
 
         guider = comfy.samplers.CFGGuider(model)
         guider.set_conds(cond, cond)
         guider.set_cfg(1.0)
-        start = torch.tensor([as_parameterization(param).schedule_sigma(sigma), 0.0])
         latent = torch.zeros(1, *shape)
-        guider.sample(torch.zeros_like(latent), latent, comfy.samplers.KSAMPLER(estimate), start,
-                      denoise_mask=None, callback=None, disable_pbar=True, seed=seed)
-        moments = found["moments"]
+        moments = run_in_guider(guider, torch.zeros_like(latent), latent,
+                                torch.tensor([param.schedule_sigma(sigma), 0.0]), seed, estimate)
         with _CACHE_LOCK:
             _CACHE[key] = moments
             while len(_CACHE) > 4:

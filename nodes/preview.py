@@ -8,7 +8,6 @@ import comfy.sample
 from comfy_api.latest import io
 
 from ..scheduler.binding import bind_moments
-from ..scheduler.parameterization import parameterization as as_parameterization
 from ..scheduler.settings import DEFAULT_HANDOFF
 from .comfy_model import patcher_facts
 from .widgets import CATEGORY, moments_input
@@ -39,7 +38,6 @@ class GaussianTeleportPreview(io.ComfyNode):
         latent = {**latent, "samples": comfy.sample.fix_empty_latent_channels(model, latent["samples"])}
         eps = noise.generate_noise(latent).float()
         fmt, param = patcher_facts(model, int(eps.shape[1]))
-        param = as_parameterization(param)
         model_sampling = model.get_model_object("model_sampling")
         s_max = float(model_sampling.sigma_max)
         target = param.schedule_sigma(sigma)

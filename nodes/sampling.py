@@ -10,14 +10,15 @@ from comfy.k_diffusion import sampling as k_diffusion_sampling
 from comfy_api.latest import io
 
 from ..moments.base import GaussianMoments, MomentsError
-from ..scheduler.handoff import plan_teleport
+from ..scheduler.handoff import Handoff, plan_teleport
 from ..scheduler.settings import TeleportSettings
-from .comfy_model import find_on_chain, parameterization_of, teleport_function
-from .widgets import CATEGORY, handoff_inputs, moments_input, settings_from, settings_problem
+from .comfy_model import TELEPORT_FUNCTION, find_on_chain, parameterization_of, teleport_function
+from .widgets import CATEGORY, handoff_inputs, moments_input, settings_problem
 
 ATTACHMENT_KEY = "gaussian_teleport"
 TELEPORT_PREFIX = "teleport_"
 KSAMPLER_INNER = ("euler", "heun", "dpmpp_2m")    # inner samplers offered in the KSampler dropdown
+KSAMPLER_NAMES = ", ".join(TELEPORT_PREFIX + s for s in KSAMPLER_INNER)
 
 
 @dataclass(frozen=True)
@@ -38,7 +39,7 @@ def inner_sampler(sampler_name: str, sampler=None):
     if not isinstance(sampler, comfy.samplers.KSAMPLER):
         raise ValueError(f"the connected sampler ({type(sampler).__name__}) is not a k-diffusion KSAMPLER; "
                          "teleport can only hand off to k-diffusion-style samplers")
-    if getattr(sampler.sampler_function, "__name__", "") == "sample_gaussian_teleport" or \
+    if getattr(sampler.sampler_function, "__name__", "") == TELEPORT_FUNCTION or \
             getattr(sampler.sampler_function, "__name__", "").startswith("sample_" + TELEPORT_PREFIX):
         raise ValueError("the connected sampler is itself a Gaussian Teleport sampler; connect a plain sampler "
                          "(e.g. KSamplerSelect with euler) as the inner sampler")
@@ -85,7 +86,7 @@ class GaussianTeleportSampler(io.ComfyNode):
     @classmethod
     def execute(cls, moments, sampler_name, handoff_kind, handoff_value, mode, mean, sampler=None) -> io.NodeOutput:
         inner = inner_sampler(sampler_name, sampler)
-        settings = settings_from(handoff_kind, handoff_value, mode, mean)
+        settings = TeleportSettings.from_values(handoff_kind, handoff_value, mode, mean)
         fn = teleport_function(moments, settings, inner.sampler_function)
         return io.NodeOutput(comfy.samplers.KSAMPLER(fn, dict(inner.extra_options), dict(inner.inpaint_options)))
 
@@ -93,14 +94,15 @@ class GaussianTeleportSampler(io.ComfyNode):
 class GaussianTeleportAttachMoments(io.ComfyNode):
     @classmethod
     def define_schema(cls):
-        names = ", ".join(TELEPORT_PREFIX + s for s in KSAMPLER_INNER)
         return io.Schema(
             node_id="GaussianTeleportAttachMoments", display_name="Attach Teleport Moments", category=CATEGORY,
-            description=f"Attach moments and a hand-off to a MODEL so the KSampler's {names} samplers use them.",
+            description=f"Attach moments and a hand-off to a MODEL so the KSampler's {KSAMPLER_NAMES} samplers use "
+                        "them.",
             inputs=[io.Model.Input("model", tooltip="The diffusion model to attach moments to (the result is a light "
                                    "clone)."),
                     moments_input(), *handoff_inputs()],
-            outputs=[io.Model.Output(display_name="model", tooltip=f"The model with moments attached; pick {names} "
+            outputs=[io.Model.Output(display_name="model", tooltip=f"The model with moments attached; pick "
+                                     f"{KSAMPLER_NAMES} "
                                      "in the KSampler.")],
         )
 
@@ -110,12 +112,11 @@ class GaussianTeleportAttachMoments(io.ComfyNode):
 
     @classmethod
     def execute(cls, model, moments, handoff_kind, handoff_value, mode, mean) -> io.NodeOutput:
-        attachment = Attachment(moments, settings_from(handoff_kind, handoff_value, mode, mean))
+        attachment = Attachment(moments, TeleportSettings.from_values(handoff_kind, handoff_value, mode, mean))
         model = model.clone()
         model.set_attachments(ATTACHMENT_KEY, attachment)
-        names = ", ".join(TELEPORT_PREFIX + s for s in KSAMPLER_INNER)
         return io.NodeOutput(model, ui={"text": (f"{moments.describe()}; {attachment.settings.describe()}; pick "
-                                                 f"{names} in the KSampler",)})
+                                                 f"{KSAMPLER_NAMES} in the KSampler",)})
 
 
 class GaussianTeleportSigmas(io.ComfyNode):
@@ -154,7 +155,7 @@ class GaussianTeleportSigmas(io.ComfyNode):
                              "connect the model to Teleport Sigmas so the hand-off sigma is read right")
         else:
             param = "ve"
-        plan = plan_teleport(sigmas, settings_from(handoff_kind, handoff_value, mode, "data").handoff, mode, param)
+        plan = plan_teleport(sigmas, Handoff(handoff_kind, handoff_value), mode, param)
         return io.NodeOutput(plan.sigmas.to(sigmas.dtype), float(plan.noise_level_to), int(plan.skipped),
                              ui={"text": (plan.summary(),)})
 

@@ -6,7 +6,7 @@ from comfy_api.latest import io
 
 from ..moments.base import DEFAULT_RANK
 from ..scheduler.handoff import KINDS, MODES, Handoff
-from ..scheduler.settings import DEFAULT_HANDOFF, DEFAULT_MEAN, DEFAULT_MODE, MEANS, TeleportSettings
+from ..scheduler.settings import DEFAULT_HANDOFF, DEFAULT_MEAN, DEFAULT_MODE, MEANS
 
 CATEGORY = "Gaussian Teleport"
 Moments = io.Custom("GAUSSIAN_MOMENTS")
@@ -54,10 +54,6 @@ def mean_input():
         "model: prompt-aware: one extra model call reads each image's mean from the model itself (your prompt, "
         "CFG, LoRA and ControlNet included). data: jump with the moments' own mean (no extra call; ignores the "
         "prompt, so under CFG the images drift)."))
-
-
-def settings_from(handoff_kind, handoff_value, mode, mean) -> TeleportSettings:
-    return TeleportSettings.from_values(handoff_kind, handoff_value, mode, mean)
 
 
 def settings_problem(handoff_kind=None, handoff_value=None, mode=None, mean=None) -> str | bool:

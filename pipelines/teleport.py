@@ -27,7 +27,7 @@ from ..moments.base import GaussianMoments, MomentsError
 from ..moments.files import load_moments
 from ..scheduler.binding import bind_moments
 from ..scheduler.handoff import Handoff, TeleportPlan, plan_teleport
-from ..scheduler.settings import DEFAULT_HANDOFF, DEFAULT_MEAN, MEANS
+from ..scheduler.settings import DEFAULT_HANDOFF, DEFAULT_MEAN, check_mean
 from .families import Family, image_latents, latent_format, pipeline_family, pipeline_latents
 from .schedulers import ScheduleCut, SchedulerKind, running, scheduler_kind
 
@@ -90,8 +90,7 @@ def teleport(pipe, moments, *, handoff: Handoff | str = DEFAULT_HANDOFF, mean: s
     Give ``generator=`` for reproducible results: the same generator gives the plain call's start noise.
     ``on_plan`` receives the plan (what is replaced) before the model runs.
     """
-    if mean not in MEANS:
-        raise ValueError(f"teleport mean must be one of {MEANS}, got {mean!r}")
+    check_mean(mean)
     handoff = Handoff.parse(handoff)
     family = pipeline_family(pipe)
     kind = scheduler_kind(pipe.scheduler, family)

@@ -78,13 +78,24 @@ def load_denoiser(spec: str, *, label: int | None = None, cfg: float | None = No
     """
     import importlib
 
-    import torch
-
-    if ":" in spec and not spec.endswith(".safetensors"):
+    if is_function_spec(spec):
         module, _, name = spec.partition(":")
         model, shape, param = getattr(importlib.import_module(module), name)()
         return model, tuple(shape), param, {}
     ref = load_reference(spec)
+    model, extra_args = condition(ref, label=label, cfg=cfg)
+    return model, ref.shape, "ve", extra_args
+
+
+def is_function_spec(spec: str) -> bool:
+    """``module:function`` rather than a reference model or weights file."""
+    return ":" in spec and not spec.endswith(".safetensors")
+
+
+def condition(ref: ReferenceModel, *, label: int | None = None, cfg: float | None = None):
+    """(model, extra_args) for a class label and a CFG scale on a reference model."""
+    import torch
+
     model, extra_args = ref.model, {}
     if ref.model.cfg.num_classes:
         if cfg is not None:
@@ -95,8 +106,8 @@ def load_denoiser(spec: str, *, label: int | None = None, cfg: float | None = No
             raise ValueError("guidance needs a class label (--label)")
     elif label is not None or cfg is not None:
         raise ValueError(f"model {ref.name!r} is unconditional: drop --label and --cfg")
-    return model, ref.shape, "ve", extra_args
+    return model, extra_args
 
 
-__all__ = ["load_denoiser", "EDMDenoiser", "GuidedDenoiser", "ModelConfig", "load_model", "save_model", "WEIGHTS_DIR",
+__all__ = ["load_denoiser", "condition", "is_function_spec", "EDMDenoiser", "GuidedDenoiser", "ModelConfig", "load_model", "save_model", "WEIGHTS_DIR",
            "REFERENCE_MODELS", "DEFAULT_MODEL", "ReferenceModel", "reference_paths", "load_reference"]

@@ -20,28 +20,30 @@ import torch
 from ..moments import MomentsError, estimate_moments_from_model, load_moments
 from .calibrate import DEFAULT_TOLERANCE, calibrate_handoff
 from .samplers import SAMPLERS
-from .schedules import get_sigmas_edm, get_sigmas_flow, get_sigmas_karras, get_sigmas_sd_karras
+from .schedules import REFERENCE_SCHEDULES, get_sigmas_flow, get_sigmas_karras, make_sigmas
 from .settings import DEFAULT_MEAN, MEANS
 
 SCHEDULES = ("edm", "sd", "karras", "flow")
 
 
 def schedule(name: str, steps: int, sigma_data: float, sigma_min: float, sigma_max: float, shift: float):
-    if name == "edm":
-        return get_sigmas_edm(steps, sigma_data)
-    if name == "sd":
-        return get_sigmas_sd_karras(steps, sigma_data)
+    if name in REFERENCE_SCHEDULES:
+        return make_sigmas(name, steps, sigma_data)
     if name == "karras":
         return get_sigmas_karras(steps, sigma_min, sigma_max)
     return get_sigmas_flow(steps, shift)
 
 
 def calibrate(args) -> int:
-    from ..reference import REFERENCE_MODELS, load_denoiser, load_reference
+    from ..reference import condition, is_function_spec, load_denoiser, load_reference
 
-    model, shape, param, extra_args = load_denoiser(args.model, label=args.label, cfg=args.cfg)
-    reference = load_reference(args.model) if args.model in REFERENCE_MODELS or args.model.endswith(
-        ".safetensors") else None
+    if is_function_spec(args.model):
+        reference = None
+        model, shape, param, extra_args = load_denoiser(args.model)
+    else:
+        reference = load_reference(args.model)
+        model, extra_args = condition(reference, label=args.label, cfg=args.cfg)
+        shape, param = reference.shape, "ve"
     sigma_data = reference.sigma_data if reference is not None else 1.0
     if args.moments == "data":
         if reference is None:

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import torch
 
 from ..moments.base import GaussianMoments, GaussianOperator, MomentsError
-from ..moments.gaussian import gaussian_flow, gaussian_trajectory, gaussian_x0, model_implied_mean
+from ..moments.gaussian import gaussian_trajectory, gaussian_x0, model_implied_mean
 from ..moments.latent_formats import NO_FORMAT, LatentFormat, find_latent_format as as_format, to_model_space
 from .parameterization import Parameterization, parameterization as as_parameterization
 
@@ -43,10 +43,6 @@ class ModelGaussian:
     def denoise(self, x, sigma, mean=None):
         """The Gaussian's x0 prediction at (x, σ), σ in the sampler's units."""
         return gaussian_x0(self.op, x, sigma, self.alpha(sigma), mean)
-
-    def flow(self, x, sigma_from, sigma_to, mean=None):
-        """x carried along the closed-form probability flow from σ_from to σ_to."""
-        return gaussian_flow(self.op, x, sigma_from, sigma_to, self.alpha(sigma_from), self.alpha(sigma_to), mean)
 
     def trajectory(self, x, sigma_from, sigmas, mean=None):
         """[(x(σ), x0 prediction at σ) for σ in sigmas] from (x, σ_from), in one pass over the eigenbasis."""
@@ -104,8 +100,7 @@ _BOUND = _Cache()
 
 
 def bind_moments(moments: GaussianMoments, shape, *, latent_format: LatentFormat | str | None = None,
-                 parameterization: Parameterization | str = "ve", device=None,
-                 dtype: torch.dtype | None = None) -> ModelGaussian:
+                 parameterization: Parameterization | str = "ve", device=None) -> ModelGaussian:
     """The Gaussian of ``moments`` in a model's sampling space at latent ``shape`` (C, H, W), cached.
 
     ``latent_format``: the model's (a name in LATENT_FORMATS or a LatentFormat, e.g. read off a host's
@@ -119,7 +114,7 @@ def bind_moments(moments: GaussianMoments, shape, *, latent_format: LatentFormat
         converted = sampler_space(moments, fmt)    # checks only; the same object comes back
     else:
         converted = _CONVERTED.get(moments, fmt, lambda: sampler_space(moments, fmt))
-    dtype = dtype or compute_dtype(converted)
+    dtype = compute_dtype(converted)
     device = torch.device(device) if device is not None else torch.device("cpu")
     op = _BOUND.get(converted, (shape, str(device), dtype), lambda: converted.operator(shape, device, dtype))
     return ModelGaussian(converted, op, param)

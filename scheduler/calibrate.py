@@ -2,8 +2,8 @@
 
 For a few noise samples at the user's real settings (the model with its conditioning and CFG, the
 sampler, the schedule), the plain sampler runs once; teleport runs from candidate hand-offs; the change
-of each is the paired RMSE of the final latents over a scale that means the same on every model (see
-``CHANGE_SCALE``). The change grows as the hand-off goes lower, so a bisection over the schedule's
+of each is the paired RMSE of the final latents over the spread between the plain samples, which means
+the same on every model. The change grows as the hand-off goes lower, so a bisection over the schedule's
 steps finds the most steps that can be replaced within ``tolerance`` from a handful of candidates.
 """
 
@@ -19,7 +19,7 @@ from ..moments.base import GaussianMoments
 from ..moments.latent_formats import LatentFormat
 from .binding import bind_moments
 from .explained import ExplainedVariance, RecordingModel
-from .handoff import Handoff, check_schedule, format_sigma
+from .handoff import Handoff, check_schedule, format_sigma, skipped_steps
 from .parameterization import Parameterization, parameterization as as_parameterization
 from .settings import DEFAULT_MEAN
 from .teleport import check_latent, sample_teleport
@@ -30,7 +30,6 @@ from .teleport import check_latent, sample_teleport
 # (bench/results/calibration.md): at 0.01 every recommendation on both reference models kept the image
 # unchanged (paired RMSE within the sampler's own discretisation error, ΔFD within the seed noise); larger
 # tolerances replace more steps and start to cost FD on SD-like schedules.
-CHANGE_SCALE = "spread"
 DEFAULT_TOLERANCE = 0.01
 LOWEST_CANDIDATE = 1.0   # default candidates hand off at noise levels ≥ 1 (about σ_data): below, jumps fail
 
@@ -110,12 +109,29 @@ class CountingModel:
         return out
 
 
-def spread_between_samples(x: torch.Tensor) -> float:
-    """Per element, the standard deviation of the batch (unbiased), as one RMS number."""
+def check_samples(x: torch.Tensor) -> None:
     if x.shape[0] < 2:
         raise ValueError("calibration needs at least 2 noise samples (a batch of 2 or more) to measure the spread "
                          "between samples")
+
+
+def spread_between_samples(x: torch.Tensor) -> float:
+    """Per element, the standard deviation of the batch (unbiased), as one RMS number."""
+    check_samples(x)
     return float(x.double().var(dim=0).mean().sqrt())
+
+
+def largest_passing(ks: list[int], passes: Callable[[int], bool]) -> int:
+    """Bisection over sorted candidates whose failures only grow: the largest k that passes (0: none).
+    Calls ``passes`` about log2(len(ks)) times."""
+    lo, hi = 0, len(ks)          # ks[:lo] known to pass (index 0 = no jump), ks[hi:] known to fail
+    while lo < hi:
+        mid = (lo + hi + 1) // 2
+        if passes(ks[mid - 1]):
+            lo = mid
+        else:
+            hi = mid - 1
+    return ks[lo - 1] if lo else 0
 
 
 def paired_change(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -127,7 +143,7 @@ def calibrate_handoff(model, x: torch.Tensor, sigmas: torch.Tensor, sampler: Cal
                       moments: GaussianMoments, mean: str = DEFAULT_MEAN, parameterization: Parameterization | str = "ve",
                       extra_args: dict | None = None, tolerance: float = DEFAULT_TOLERANCE, candidates=None,
                       mode: str = "save", latent_format: LatentFormat | str | None = None,
-                      progress: Callable[[int, int], None] | None = None, scale: str = CHANGE_SCALE,
+                      progress: Callable[[int, int], None] | None = None,
                       on_run_start: Callable[[], None] | None = None, **sampler_options) -> HandoffCalibration:
     """Recommend the hand-off that replaces the most steps while the result changes by at most ``tolerance``.
 
@@ -137,6 +153,7 @@ def calibrate_handoff(model, x: torch.Tensor, sigmas: torch.Tensor, sampler: Cal
     leaves the sampler at least one step. ``progress(calls_done, calls_bound)`` after every model call (raise to cancel).
     """
     check_latent(x)
+    check_samples(x)             # before the plain run, not after it
     param = as_parameterization(parameterization)
     n = check_schedule(sigmas, param)
     if not (tolerance > 0 and math.isfinite(tolerance)):
@@ -154,15 +171,7 @@ def calibrate_handoff(model, x: torch.Tensor, sigmas: torch.Tensor, sampler: Cal
     plain = sampler(RecordingModel(counter, gauss, record), x, sigmas, extra_args=extra_args, disable=True,
                     **sampler_options)
     calls_plain = counter.calls
-    if scale == "spread":
-        unit = spread_between_samples(plain)
-    elif scale == "steps":
-        coarse = torch.cat([sigmas[:-1][::2], sigmas[-1:]])
-        start_run()
-        unit = paired_change(plain, sampler(counter, x, coarse, extra_args=extra_args, disable=True, **sampler_options))
-    else:
-        raise ValueError(f"scale must be 'spread' or 'steps', got {scale!r}")
-    unit = max(unit, 1e-12)
+    unit = max(spread_between_samples(plain), 1e-12)
 
     measured: dict[int, Candidate] = {}
 
@@ -176,15 +185,7 @@ def calibrate_handoff(model, x: torch.Tensor, sigmas: torch.Tensor, sampler: Cal
         measured[k] = Candidate(k, levels[k], counter.calls - before, change, change <= tolerance)
         return measured[k]
 
-    # Bisection over the candidate list: the change grows with the steps replaced.
-    lo, hi = 0, len(ks)          # ks[:lo] known to pass (index 0 = no jump), ks[hi:] known to fail
-    while lo < hi:
-        mid = (lo + hi + 1) // 2
-        if measure(ks[mid - 1]).passed:
-            lo = mid
-        else:
-            hi = mid - 1
-    best = ks[lo - 1] if lo else 0
+    best = largest_passing(ks, lambda k: measure(k).passed)   # the change grows with the steps replaced
     if best and measured[best].calls >= calls_plain:
         best = 0        # within the tolerance but no call saved (the model mean's probe costs one): no gain
     calls_best = measured[best].calls if best else calls_plain
@@ -202,8 +203,6 @@ def _candidate_steps(candidates, sigmas, levels, n, param) -> list[int]:
             raise ValueError(f"the schedule has no step at a noise level ≥ {LOWEST_CANDIDATE:g} to hand off at (it "
                              f"starts at σ {format_sigma(levels[0])}); teleport has nothing to replace here")
         return ks
-    from .handoff import skipped_steps
-
     ks = set()
     for c in candidates:
         handoff = c if isinstance(c, Handoff) else (Handoff.parse(c) if isinstance(c, str) else Handoff("sigma", c))

@@ -20,17 +20,12 @@ from dataclasses import dataclass
 
 import torch
 
-from .parameterization import VE, Parameterization, parameterization as as_parameterization
+from .parameterization import VE, Parameterization, format_sigma, parameterization as as_parameterization
 
 KINDS = ("sigma", "steps", "fraction")
 MODES = ("save", "same_budget")
 SIGMA_RTOL = 1e-3       # a typed-back σ with 4 significant digits lands on the same schedule step
 FLOW_LOWEST_SIGMA = 1.0  # below σ 1 (t 0.5) a flow hand-off replaces most of the range: see plan_teleport
-
-
-def format_sigma(value: float) -> str:
-    """A noise level printed so that typing it back replaces the same steps (4 significant digits)."""
-    return "∞" if math.isinf(value) else f"{value:.4g}"
 
 
 @dataclass(frozen=True)
@@ -187,7 +182,7 @@ def plan_teleport(sigmas: torch.Tensor, handoff: Handoff | str, mode: str = "sav
     n = check_schedule(sigmas, param)
     s0 = float(sigmas[0])
     if param.is_flow and handoff.kind == "sigma" and handoff.value < FLOW_LOWEST_SIGMA:
-        as_t = format_sigma(handoff.value / (1 - handoff.value))
+        as_t = format_sigma(param.noise_level(handoff.value))
         raise ValueError(
             f"hand-off sigma {handoff.value:g} on a flow model (SD3, Flux): hand-off sigmas are noise levels σ/α, the "
             "same numbers on every model (a flow model's t = σ/(1 + σ)), while version 0.1 of the ComfyUI nodes read "

@@ -18,6 +18,11 @@ import math
 from dataclasses import dataclass
 
 
+def format_sigma(value: float) -> str:
+    """A noise level printed so that typing it back replaces the same steps (4 significant digits)."""
+    return "∞" if math.isinf(value) else f"{value:.4g}"
+
+
 @dataclass(frozen=True)
 class Parameterization:
     name: str
@@ -49,7 +54,7 @@ class Parameterization:
         if not self.is_flow:
             return f"σ {float(schedule_sigma):.4g}"
         level = self.noise_level(schedule_sigma)
-        return f"t {float(schedule_sigma):.4g} (σ {'∞' if math.isinf(level) else f'{level:.4g}'})"
+        return f"t {float(schedule_sigma):.4g} (σ {format_sigma(level)})"
 
     def check_schedule_range(self, sigmas) -> None:
         """A flow model's sigmas are times t in [0, 1]; anything above is a VE schedule on the wrong model."""

@@ -32,3 +32,15 @@ def get_sigmas_flow(n: int, shift: float = 3.0) -> torch.Tensor:
     t = torch.linspace(1, 0, n + 1, dtype=torch.float64)
     return shift * t / (1 + (shift - 1) * t)
 
+
+
+REFERENCE_SCHEDULES = ("edm", "sd")
+
+
+def make_sigmas(schedule: str, steps: int, sigma_data: float) -> torch.Tensor:
+    """The reference models' schedules, scaled to σ_data: EDM's, or Stable Diffusion's Karras range."""
+    if schedule == "edm":
+        return get_sigmas_edm(steps, sigma_data)
+    if schedule == "sd":
+        return get_sigmas_sd_karras(steps, sigma_data)
+    raise ValueError(f"schedule must be one of {REFERENCE_SCHEDULES}, got {schedule!r}")

@@ -12,6 +12,12 @@ DEFAULT_MODE = "save"
 DEFAULT_MEAN = "model"                    # chosen from the guidance benchmark: see the README
 
 
+def check_mean(mean: str) -> str:
+    if mean not in MEANS:
+        raise ValueError(f"teleport mean must be one of {MEANS}, got {mean!r}")
+    return mean
+
+
 @dataclass(frozen=True)
 class TeleportSettings:
     """The hand-off, the schedule mode and where the jump's mean comes from.
@@ -28,8 +34,7 @@ class TeleportSettings:
         object.__setattr__(self, "handoff", Handoff.parse(self.handoff))
         if self.mode not in MODES:
             raise ValueError(f"teleport schedule mode must be one of {MODES}, got {self.mode!r}")
-        if self.mean not in MEANS:
-            raise ValueError(f"teleport mean must be one of {MEANS}, got {self.mean!r}")
+        check_mean(self.mean)
 
     @classmethod
     def from_values(cls, kind: str, value, mode: str = DEFAULT_MODE, mean: str = DEFAULT_MEAN) -> "TeleportSettings":

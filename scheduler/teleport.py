@@ -19,7 +19,7 @@ from ..moments.latent_formats import LatentFormat
 from .binding import ModelGaussian, bind_moments
 from .handoff import Handoff, TeleportPlan, plan_teleport
 from .parameterization import Parameterization
-from .settings import DEFAULT_HANDOFF, DEFAULT_MEAN, DEFAULT_MODE, MEANS
+from .settings import DEFAULT_HANDOFF, DEFAULT_MEAN, DEFAULT_MODE, check_mean
 
 log = logging.getLogger("gaussian_teleport")
 
@@ -63,7 +63,7 @@ def jump(model, x: torch.Tensor, sigmas: torch.Tensor, plan: TeleportPlan, gauss
     xc = x.to(gauss.dtype)
     probed = model(x, float(plan.sigma_from) * x.new_ones([x.shape[0]]), **extra_args) if plan.probe_calls else None
     mean = None if probed is None else gauss.implied_mean(xc, probed.to(gauss.dtype), plan.sigma_from)
-    shown = [float(s) for s in sigmas[:plan.skipped]] if plan.mode == "save" and callback is not None else []
+    shown = sigmas[:plan.skipped].tolist() if plan.mode == "save" and callback is not None else []
     *path, (landed, _) = gauss.trajectory(xc, plan.sigma_from, shown + [plan.sigma_to], mean)
     if callback is not None:
         if probed is not None:   # the first preview is the model's own x0 at the start
@@ -92,8 +92,7 @@ def sample_teleport(model, x, sigmas, extra_args=None, callback=None, disable=No
     sampler unchanged with the reason recorded, instead of raising.
     """
     check_latent(x)
-    if mean not in MEANS:
-        raise ValueError(f"teleport mean must be one of {MEANS}, got {mean!r}")
+    check_mean(mean)
     plan = plan_teleport(sigmas, handoff, mode, parameterization, mean=mean, no_jump=no_jump, img2img=img2img)
     gauss = None
     if plan.jumped:   # bind before anything runs, so a mismatch stops the run before any model call

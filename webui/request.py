@@ -16,7 +16,8 @@ FROM_MODEL = "From the model"      # moments read off the loaded checkpoint, com
 KEY_HANDOFF = "Teleport"            # "sigma:5", or "off" when a teleport sampler ran with the switch off
 KEY_MOMENTS = "Teleport moments"
 KEY_MODE = "Teleport mode"          # written only when not "save"
-KEY_MEAN = "Teleport mean"          # "model" or "data"; absent in images made before the option existed (data)
+KEY_MEAN = "Teleport mean"          # "model" or "data"; absent in images made before the option existed
+LEGACY_MEAN = "data"                # what those images jumped with
 KEY_RESULT = "Teleport result"      # what the first pass did
 KEY_HIRES_RESULT = "Hires teleport result"
 KEY_CALIBRATION = "Teleport calibration"
@@ -94,5 +95,5 @@ def request_from_infotext(params: dict, defaults: TeleportRequest) -> TeleportRe
     if str(text).strip() == "off":
         return replace(defaults, enabled=False)
     settings = TeleportSettings(parse_handoff(text), str(params.get(KEY_MODE, DEFAULT_MODE)),
-                                str(params.get(KEY_MEAN, "data")))
+                                str(params.get(KEY_MEAN, LEGACY_MEAN)))
     return TeleportRequest(True, str(params.get(KEY_MOMENTS, defaults.moments)), settings)

@@ -154,8 +154,8 @@ def make_host_sampler_function(base_fn, sd_model, *, calls_per_step: int = 1, op
             return FILES.load(path) if keep else load_moments(path)
 
         if request.calibrate:
-            return calibrate(model, x, sigmas, extra_args, base_fn, moments(), request, p, param, fmt,
-                             (sampler_label, checkpoint_key(sd_model), len(sigmas) - 1), options)
+            return calibrate(model, x, sigmas, extra_args, base_fn, moments(), request, p, param, fmt, sampler_label,
+                             options)
         start = getattr(model, "step", None)
         plans: list[TeleportPlan] = []
 
@@ -201,7 +201,7 @@ def progress_callback(callback, plans):
     return forward
 
 
-def calibrate(model, x, sigmas, extra_args, base_fn, moments, request, p, param, fmt, key, options):
+def calibrate(model, x, sigmas, extra_args, base_fn, moments, request, p, param, fmt, label, options):
     """A calibration run on this generation's batch: the images it returns are the plain sampler's."""
     if x.shape[0] < 2:
         raise ValueError("calibration needs a batch of 2 or more images (set Batch size to 4), so it can compare "
@@ -215,10 +215,10 @@ def calibrate(model, x, sigmas, extra_args, base_fn, moments, request, p, param,
     cal = calibrate_handoff(model, x, sigmas, base_fn, moments=moments, mean=request.settings.mean,
                             parameterization=param, latent_format=fmt, extra_args=extra_args, on_run_start=reset,
                             **options)
-    log.info("Gaussian Teleport calibration (%s)\n%s", key[0], cal.report())
+    log.info("Gaussian Teleport calibration (%s)\n%s", label, cal.report())
     with _LOCK:
         LAST_CALIBRATION.clear()
-        LAST_CALIBRATION.update(key=key, handoff=cal.handoff, summary=cal.summary())
+        LAST_CALIBRATION.update(handoff=cal.handoff, summary=cal.summary())
     record(p, request, cal.summary(), key=KEY_CALIBRATION)
     return cal.plain
 

@@ -10,9 +10,9 @@ from dataclasses import replace
 
 from ..moments.files import list_moments_files
 from ..scheduler.handoff import KINDS, MODES
-from ..scheduler.settings import MEANS
-from .request import (ATTRIBUTE, FROM_MODEL, KEY_HANDOFF, KEY_MEAN, KEY_MODE, KEY_MOMENTS, NO_MOMENTS, OPTIONS,
-                      TeleportRequest, parse_handoff)
+from ..scheduler.settings import DEFAULT_MODE, MEANS, check_mean
+from .request import (ATTRIBUTE, FROM_MODEL, KEY_HANDOFF, KEY_MEAN, KEY_MODE, KEY_MOMENTS, LEGACY_MEAN, NO_MOMENTS,
+                      OPTIONS, TeleportRequest, parse_handoff)
 from .samplers import FROM_MODEL_FOLDER, LAST_CALIBRATION
 
 TITLE = "Gaussian Teleport"
@@ -76,9 +76,8 @@ def infotext_readers() -> dict:
         "moments": lambda d: d.get(KEY_MOMENTS),
         "kind": lambda d: None if handoff(d) is None else handoff(d).kind,
         "value": lambda d: None if handoff(d) is None else handoff(d).value,
-        "mode": lambda d: None if handoff(d) is None else d.get(KEY_MODE, "save"),
-        # images made before the mean option jumped with the data's mean
-        "mean": lambda d: None if handoff(d) is None else d.get(KEY_MEAN, "data"),
+        "mode": lambda d: None if handoff(d) is None else d.get(KEY_MODE, DEFAULT_MODE),
+        "mean": lambda d: None if handoff(d) is None else d.get(KEY_MEAN, LEGACY_MEAN),
         "calibrate": lambda d: None if KEY_HANDOFF not in d else False,
     }
 
@@ -186,10 +185,7 @@ def _check_moments(name):
 
 
 def _check_mean(value):
-    value = str(value).strip()
-    if value not in MEANS:
-        raise ValueError(f"teleport mean must be one of {MEANS}, got {value!r}")
-    return value
+    return check_mean(str(value).strip())
 
 
 def add_xyz_axes(xyz, folder: str) -> list[str]:
