@@ -20,6 +20,7 @@ import torch
 from ..moments import MomentsError, estimate_moments_from_model, load_moments
 from .calibrate import DEFAULT_TOLERANCE, calibrate_handoff
 from .samplers import SAMPLERS
+from .parameterization import parameterization
 from .schedules import REFERENCE_SCHEDULES, get_sigmas_flow, get_sigmas_karras, make_sigmas
 from .settings import DEFAULT_MEAN, MEANS
 
@@ -32,6 +33,12 @@ def schedule(name: str, steps: int, sigma_data: float, sigma_min: float, sigma_m
     if name == "karras":
         return get_sigmas_karras(steps, sigma_min, sigma_max)
     return get_sigmas_flow(steps, shift)
+
+
+def start_latent(noise: torch.Tensor, sigmas: torch.Tensor, param) -> torch.Tensor:
+    """The sampler's start: noise at sigmas[0] for VE models, the noise itself at t = 1 for flow models
+    (``param`` a name or a Parameterization, as a ``module:function`` model may return either)."""
+    return noise if parameterization(param).is_flow else noise * sigmas[0]
 
 
 def calibrate(args) -> int:
@@ -55,7 +62,7 @@ def calibrate(args) -> int:
         moments = load_moments(args.moments)
     sigmas = schedule(args.schedule, args.steps, sigma_data, args.sigma_min, args.sigma_max, args.shift)
     noise = torch.randn(args.samples, *shape, generator=torch.Generator().manual_seed(args.seed))
-    x = noise * sigmas[0] if param == "ve" else noise
+    x = start_latent(noise, sigmas, param)
     if "class_labels" in extra_args:
         extra_args = {"class_labels": extra_args["class_labels"].expand(args.samples)}
     result = calibrate_handoff(model, x, sigmas.to(x.dtype), SAMPLERS[args.sampler], moments=moments, mean=args.mean,

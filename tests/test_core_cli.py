@@ -90,3 +90,14 @@ def test_calibration_on_the_command_line():
     assert last.startswith("hand-off σ") or last.startswith("do not teleport")
     bad = run("-m", "gaussian_teleport.scheduler", "calibrate", "--model", "digits", "--samples", "1")
     assert bad.returncode == 2 and "at least 2 noise samples" in bad.stderr and "Traceback" not in bad.stderr
+
+
+def test_the_calibration_command_starts_flow_models_at_the_noise_itself():
+    from gaussian_teleport.scheduler.__main__ import start_latent
+    from gaussian_teleport.scheduler.parameterization import FLOW, VE
+
+    noise, sigmas = torch.ones(2, 1, 2, 2), torch.tensor([14.6, 1.0, 0.0])
+    for flow in ("flow", FLOW):
+        assert torch.equal(start_latent(noise, sigmas, flow), noise)
+    for ve in ("ve", VE):
+        assert torch.equal(start_latent(noise, sigmas, ve), noise * 14.6)
