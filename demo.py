@@ -9,14 +9,18 @@ baseline. Needs only torch, numpy and safetensors (tqdm and pillow are used when
 from __future__ import annotations
 
 import argparse
+import math
+import os
 import struct
 import sys
 import time
 import zlib
+from collections import Counter
 
 import torch
 
-from .reference import DEFAULT_MODEL, REFERENCE_MODELS, GuidedDenoiser, load_reference
+from .moments import MomentsError
+from .reference import DEFAULT_MODEL, REFERENCE_MODELS, GuidedDenoiser, check_label, load_reference
 from .scheduler import DEFAULT_MEAN, MEANS, SAMPLERS, Handoff, make_teleport_sampler, model_calls, plan_teleport
 from .scheduler.calibrate import CountingModel
 from .scheduler.schedules import REFERENCE_SCHEDULES, make_sigmas  # noqa: F401  (make_sigmas: the bench's too)
@@ -78,17 +82,24 @@ def seeded_noise(seeds, shape) -> torch.Tensor:
 
 
 def parse_seeds(text: str) -> list[int]:
-    """'0-63', '1,2,5' or '0-9,100'."""
+    """'0-63', '1,2,5' or '0-9,100': at least two different seeds (the summary compares different seeds)."""
     seeds = []
     for part in str(text).split(","):
         part = part.strip()
         lo, sep, hi = part.partition("-")
         try:
-            seeds.extend(range(int(lo), int(hi) + 1) if sep else [int(part)])
+            span = range(int(lo), int(hi) + 1) if sep else [int(part)]
         except ValueError:
-            raise ValueError(f"seeds {text!r} must look like '0-63' or '1,2,5'") from None
-    if not seeds:
-        raise ValueError("give at least one seed")
+            raise ValueError(f"seeds {text!r} must look like '0-63' or '1,2,5' (whole numbers ≥ 0)") from None
+        if not span:
+            raise ValueError(f"seed range {part!r} is empty: write it low-high, e.g. '0-63'")
+        seeds.extend(span)
+    repeated = sorted(s for s, count in Counter(seeds).items() if count > 1)
+    if repeated:
+        raise ValueError(f"seeds {text!r} repeat {repeated[0]}: give each seed once")
+    if len(seeds) < 2:
+        raise ValueError(f"seeds {text!r} give one sample; give at least 2 seeds (e.g. '0-63'): the demo measures "
+                         "teleport's change against how far different seeds' samples differ")
     return seeds
 
 
@@ -132,8 +143,56 @@ def side_by_side(left: torch.Tensor, right: torch.Tensor, gap: int = 12) -> torc
     return out
 
 
+def with_captions(rgb: torch.Tensor, captions: list[tuple[int, str]], band: int = 14) -> torch.Tensor:
+    """A white band above the image with each (x, text) written in black; the image unchanged without pillow."""
+    try:
+        from PIL import Image, ImageDraw
+    except ImportError:
+        return rgb
+    import numpy as np
+
+    img = Image.new("RGB", (rgb.shape[1], rgb.shape[0] + band), "white")
+    img.paste(Image.fromarray(rgb.numpy()), (0, band))
+    draw = ImageDraw.Draw(img)
+    for x, text in captions:
+        draw.text((x + 2, 1), text, fill="black")
+    return torch.from_numpy(np.array(img))
+
+
+def comparison_image(plain: torch.Tensor, teleport: torch.Tensor, cols: int, scale: int, gap: int = 12) -> torch.Tensor:
+    """The plain grid left, the teleport grid right, each captioned (with pillow)."""
+    left, right = to_uint8_grid(plain, cols, scale), to_uint8_grid(teleport, cols, scale)
+    return with_captions(side_by_side(left, right, gap), [(0, "plain"), (left.shape[1] + gap, "teleport")])
+
+
+def image_suffixes() -> tuple[str, ...]:
+    """What write_png can write: PNG always, JPEG with pillow."""
+    try:
+        import PIL  # noqa: F401
+    except ImportError:
+        return (".png",)
+    return (".png", ".jpg", ".jpeg")
+
+
+def check_output(path: str, overwrite: bool) -> None:
+    """Before any sampling: an image suffix, an existing writable folder, and no file replaced unasked."""
+    suffix = os.path.splitext(path)[1].lower()
+    if suffix not in image_suffixes():
+        extra = "" if ".jpg" in image_suffixes() else " (.jpg needs pillow)"
+        raise ValueError(f"--out {path!r} is not an image file name: end it in {' or '.join(image_suffixes())}{extra}")
+    folder = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(folder):
+        raise ValueError(f"the folder of --out {path!r} does not exist: create it or give another --out")
+    if os.path.isdir(path):
+        raise ValueError(f"--out {path!r} is a folder: give a file name such as {os.path.join(path, 'demo.png')}")
+    if os.path.exists(path) and not overwrite:
+        raise ValueError(f"--out {path!r} already exists: give --overwrite to replace it, or another --out")
+    if not os.access(folder, os.W_OK):
+        raise ValueError(f"the folder of --out {path!r} is not writable: give another --out")
+
+
 def write_png(path: str, rgb: torch.Tensor):
-    """Write an (H, W, 3) uint8 image."""
+    """Write an (H, W, 3) uint8 image (with pillow in the format of the suffix, else a PNG)."""
     try:
         from PIL import Image
     except ImportError:
@@ -169,25 +228,27 @@ def unpaired_rmse(a: torch.Tensor) -> float:
     return paired_rmse(a, a.roll(1, 0))
 
 
+def conditioning(ref, seeds: list[int], label: int | None, cfg: float | None):
+    """(model, extra_args): class labels (the seed's class by default) and guidance on a conditional model."""
+    classes = ref.model.cfg.num_classes
+    if not classes:
+        if label is not None or cfg is not None:
+            raise ValueError(f"model {ref.name!r} is unconditional: drop --label and --cfg")
+        return ref.model, {}
+    labels = torch.tensor(seeds) % classes if label is None else torch.full((len(seeds),), check_label(ref, label))
+    return (ref.model if cfg is None else GuidedDenoiser(ref.model, cfg)), {"class_labels": labels}
+
+
 @torch.no_grad()
 def compare(args) -> dict:
     ref = load_reference(args.model)
     sd = ref.sigma_data
-    seeds = parse_seeds(args.seeds)
-    steps = args.steps or DEFAULT_STEPS[args.sampler]
+    seeds = parse_seeds(args.seeds) if isinstance(args.seeds, str) else args.seeds
+    steps = DEFAULT_STEPS[args.sampler] if args.steps is None else args.steps
     sigmas = make_sigmas(args.schedule, steps, sd)
     handoff = Handoff.parse(args.handoff) if args.handoff else default_handoff(ref.moments)
     plan = plan_teleport(sigmas, handoff, args.mode, mean=args.mean)
-
-    model, extra_args = ref.model, {}
-    if ref.model.cfg.num_classes:
-        labels = (torch.tensor(seeds) % ref.model.cfg.num_classes if args.label is None
-                  else torch.full((len(seeds),), args.label))
-        if args.cfg is not None:
-            model = GuidedDenoiser(ref.model, args.cfg)
-        extra_args = {"class_labels": labels}
-    elif args.label is not None or args.cfg is not None:
-        raise ValueError(f"model {ref.name!r} is unconditional: drop --label and --cfg")
+    model, extra_args = conditioning(ref, seeds, args.label, args.cfg)
 
     noise = seeded_noise(seeds, ref.shape)
     model(noise * sigmas[0], sigmas[0] * torch.ones(len(seeds)), **extra_args)  # warm-up, so timings compare
@@ -199,8 +260,7 @@ def compare(args) -> dict:
                                          model_calls(args.sampler, plan.sigmas) + plan.probe_calls)
 
     cols = args.cols or max(1, int(len(seeds) ** 0.5 + 0.5))
-    grid = side_by_side(to_uint8_grid(base, cols, args.scale), to_uint8_grid(tele, cols, args.scale))
-    write_png(args.out, grid)
+    write_png(args.out, comparison_image(base, tele, cols, args.scale))
     return {"model": ref.name, "sigma_data": sd, "samples": len(seeds), "sampler": args.sampler,
             "schedule": args.schedule, "steps": steps, "handoff": str(handoff), "mean": args.mean,
             "plan": plan.summary(),
@@ -223,32 +283,82 @@ def summary_text(r: dict) -> str:
     ])
 
 
-def main(argv=None):
+def checked(parse, least=None):
+    """An argparse type from a parser that raises ValueError (its message becomes argparse's error)."""
+    def convert(text):
+        try:
+            value = parse(text)
+        except ValueError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
+        if least is not None and value < least:
+            raise argparse.ArgumentTypeError(f"got {value}; give {least} or more")
+        return value
+    return convert
+
+
+def whole(text: str) -> int:
+    try:
+        return int(text)
+    except ValueError:
+        raise ValueError(f"{text!r} is not a whole number") from None
+
+
+def finite(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise ValueError(f"{text!r} is not a number") from None
+    if not math.isfinite(value):
+        raise ValueError(f"got {text}; the guidance scale must be a finite number")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m gaussian_teleport.demo",
                                 description="Compare plain sampling with teleport on a shipped reference model.")
     p.add_argument("--model", default=DEFAULT_MODEL,
-                   help=f"{' or '.join(REFERENCE_MODELS)}, or a weights file from reference.train")
-    p.add_argument("--seeds", default="0-63", help="seeds, e.g. '0-63' or '1,2,5' (one sample each)")
-    p.add_argument("--sampler", choices=sorted(SAMPLERS), default="heun", help="inner sampler")
+                   help=f"{' or '.join(REFERENCE_MODELS)}, or a weights file from reference.train "
+                        "(default: %(default)s)")
+    p.add_argument("--seeds", type=checked(parse_seeds), default="0-63",
+                   help="seeds, e.g. '0-63' or '1,2,5', at least 2 (one sample each; default: %(default)s)")
+    p.add_argument("--sampler", choices=sorted(SAMPLERS), default="heun", help="inner sampler (default: %(default)s)")
     p.add_argument("--schedule", choices=SCHEDULES, default="edm",
-                   help="edm: σ_max 80 (scaled to σ_data); sd: Stable-Diffusion-like σ 14.6 → 0.029")
-    p.add_argument("--steps", type=int, default=None, help="schedule steps (default: heun 18, others 20)")
-    p.add_argument("--handoff", default=None,
+                   help="edm: σ_max 80 (scaled to σ_data); sd: Stable-Diffusion-like σ 14.6 → 0.029 "
+                        "(default: %(default)s)")
+    p.add_argument("--steps", type=checked(whole, 1), default=None, help="schedule steps (default: heun 18, others 20)")
+    p.add_argument("--handoff", type=checked(Handoff.parse), default=None,
                    help="where the sampler takes over: 'sigma:3.5', 'steps:6' or 'fraction:0.3' "
                         f"(default: sigma {DEFAULT_HANDOFF_SQRT_LAMBDA:g}·√λ_max, the data's largest std)")
     p.add_argument("--mode", choices=("save", "same_budget"), default="save",
-                   help="save: fewer model calls; same_budget: the same calls spent below the hand-off")
+                   help="save: fewer model calls; same_budget: the same calls spent below the hand-off "
+                        "(default: %(default)s)")
     p.add_argument("--mean", choices=MEANS, default=DEFAULT_MEAN,
-                   help="model: each sample's mean from one model call (prompt/class-aware); data: the moments' mean")
-    p.add_argument("--label", type=int, default=None, help="class for a class-conditional model "
+                   help="model: each sample's mean from one model call (prompt/class-aware); data: the moments' mean "
+                        "(default: %(default)s)")
+    p.add_argument("--label", type=checked(whole, 0), default=None, help="class for a class-conditional model "
                    "(default: seed mod classes)")
-    p.add_argument("--cfg", type=float, default=None, help="classifier-free guidance scale (conditional models)")
-    p.add_argument("--out", default="teleport_demo.png", help="output PNG")
-    p.add_argument("--cols", type=int, default=None, help="grid columns")
-    p.add_argument("--scale", type=int, default=4, help="pixel upscaling of the grid")
-    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.add_argument("--cfg", type=checked(finite), default=None,
+                   help="classifier-free guidance scale (conditional models; default: none, no guidance)")
+    p.add_argument("--out", default="teleport_demo.png",
+                   help="output image, .png (or .jpg with pillow); never replaced without --overwrite "
+                        "(default: %(default)s)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing --out (default: refuse)")
+    p.add_argument("--cols", type=checked(whole, 1), default=None, help="grid columns (default: √samples, rounded)")
+    p.add_argument("--scale", type=checked(whole, 1), default=4,
+                   help="pixel upscaling of the grid (default: %(default)s)")
+    p.add_argument("--quiet", action="store_true", help="no progress bars (default: show them)")
+    return p
+
+
+def main(argv=None):
+    p = build_parser()
     args = p.parse_args(argv)
-    result = compare(args)
+    try:
+        check_output(args.out, args.overwrite)     # before any sampling
+        result = compare(args)
+    except (ValueError, MomentsError, OSError) as exc:
+        print(f"{p.prog}: error: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
     print(summary_text(result))
     return result
 

@@ -4,21 +4,24 @@ Times one call of an SD1.5-sized UNet (diffusers' UNet2DConditionModel built fro
 random weights: the real architecture without the weights) on a 4×64×64 latent, and the teleport jump
 (the first call with its binding of the moments, and the later, cached calls, exactly as the sampler runs it) for each moments
 structure and rank at SD1.5 (4×64×64), SDXL (4×128×128) and Flux (16×128×128) latent sizes.
-Target: a rank-256 jump ≤ 0.5% of one SD1.5 UNet call.
+Target: a rank-256 jump ≤ 0.5% of one SD1.5 UNet call. Needs diffusers (``pip install diffusers``) for the UNet.
 
-    python bench/core_jump_cost.py                 # writes bench/results/core_jump_cost.md
-    python bench/core_jump_cost.py --quick         # tiny UNet, small latents: a smoke run
+    python bench/core_jump_cost.py                          # writes core_jump_cost.md to a new temporary folder
+    python bench/core_jump_cost.py --out bench/results      # replaces the committed bench/results/core_jump_cost.md
+    python bench/core_jump_cost.py --quick                  # tiny UNet, small latents: a smoke run
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import statistics
 import time
 
 import torch
 
-from gaussian_teleport.bench import report_path, write_markdown
+from gaussian_teleport.bench import write_markdown
+from gaussian_teleport.bench.core_moments_size import report_file
 from gaussian_teleport.moments import LowRankMoments, StationaryMoments, DenseMoments
 from gaussian_teleport.scheduler import clear_binding_cache, teleport_jump
 
@@ -81,12 +84,28 @@ def jump_cases(sizes: dict, ranks: list[int], dense_max_dim: int):
             yield name, shape, "dense", d
 
 
-def main():
+def repeats(text: str) -> int:
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"got {text!r}; give a whole number ≥ 1")
+    return int(text)
+
+
+def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--quick", action="store_true", help="tiny UNet and latents: checks the script runs")
-    ap.add_argument("--repeats", type=int, default=3)
-    ap.add_argument("--out", default=None, help="report file (default bench/results/core_jump_cost.md; --quick: a temp folder)")
-    args = ap.parse_args()
+    ap.add_argument("--quick", action="store_true", help="tiny UNet and latents: checks the script runs (default: off)")
+    ap.add_argument("--repeats", type=repeats, default=3,
+                    help="timed runs per case, the median kept (default: %(default)s)")
+    ap.add_argument("--out", default=None, help="report: a folder (bench/results replaces the committed one) or a "
+                                                ".md file (default: a new temporary folder)")
+    return ap
+
+
+def main(argv=None):
+    ap = build_parser()
+    args = ap.parse_args(argv)
+    if importlib.util.find_spec("diffusers") is None:
+        ap.error("the UNet it times comes from diffusers, which is not installed: pip install diffusers")
+    report = report_file(args.out, "core_jump_cost.md")
     torch.set_grad_enabled(False)
 
     if args.quick:
@@ -127,7 +146,7 @@ def main():
     if not args.quick:
         lines += ["", "Dense moments are benchmarked only where D×D fits: SDXL needs 16 GiB and Flux 256 GiB "
                       "(fp32) for the eigenvectors alone."]
-    write_markdown(report_path(args.out, args.quick, "core_jump_cost.md"), lines)
+    write_markdown(report, lines)
 
 
 if __name__ == "__main__":

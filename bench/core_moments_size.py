@@ -6,8 +6,9 @@ Throughput is latents per second through MomentAccumulator.add in float64 on ran
 past the point where the low-rank sketch starts truncating (its steady state).
 Target: a 16×128×128 (Flux) latent's moments ≤ 200 MB on disk.
 
-    python bench/core_moments_size.py              # writes bench/results/core_moments_size.md
-    python bench/core_moments_size.py --quick      # small latents: a smoke run
+    python bench/core_moments_size.py                       # writes core_moments_size.md to a new temporary folder
+    python bench/core_moments_size.py --out bench/results   # replaces the committed bench/results/core_moments_size.md
+    python bench/core_moments_size.py --quick               # small latents: a smoke run
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ import time
 
 import torch
 
-from gaussian_teleport.bench import report_path, write_markdown
+from gaussian_teleport.bench import RESULTS, report_path, write_markdown
 from gaussian_teleport.moments import MomentAccumulator, save_moments
 from gaussian_teleport.moments.eigen import default_sketch
 
@@ -39,11 +40,28 @@ def finalize_random(structure, shape, rank, samples, batch):
     return acc.finalize(), samples / seconds
 
 
-def main():
+def report_file(out: str | None, name: str) -> str:
+    """Where a core benchmark's report goes: a new temporary folder by default (the committed results change only
+    when asked: ``--out bench/results``), into a folder given as --out, or the .md file given as --out."""
+    if out is None:
+        path = report_path(None, True, name)
+        committed = os.path.relpath(RESULTS) if not os.path.relpath(RESULTS).startswith("..") else RESULTS
+        print(f"writing to a temporary folder; give --out {committed} to replace the committed report")
+        return path
+    return os.path.join(out, name) if os.path.isdir(out) or not out.endswith(".md") else out
+
+
+def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--quick", action="store_true")
-    ap.add_argument("--out", default=None, help="report file (default bench/results/core_moments_size.md; --quick: a temp folder)")
-    args = ap.parse_args()
+    ap.add_argument("--quick", action="store_true", help="small latents: checks the script runs (default: off)")
+    ap.add_argument("--out", default=None, help="report: a folder (bench/results replaces the committed one) or a "
+                                                ".md file (default: a new temporary folder)")
+    return ap
+
+
+def main(argv=None):
+    args = build_parser().parse_args(argv)
+    report = report_file(args.out, "core_moments_size.md")
     torch.set_grad_enabled(False)
     sizes = {"tiny": (4, 16, 16)} if args.quick else SIZES
     ranks = [16] if args.quick else [64, 256]
@@ -81,7 +99,7 @@ def main():
     if not args.quick:
         lines += ["", "Dense moments of SD1.5 latents would take 1.07 GB (D² fp32 values); SDXL 17 GB; Flux 275 GB: "
                       "the estimator refuses dense above D = 4096 and points to 'lowrank' or 'stationary'."]
-    write_markdown(report_path(args.out, args.quick, "core_moments_size.md"), lines)
+    write_markdown(report, lines)
 
 
 if __name__ == "__main__":

@@ -7,7 +7,8 @@ the model's mean, and moments read off the model), in both schedule modes; (c) t
 verdict; (d) on the class-conditional model, the same under classifier-free guidance w = 1, 3, 5, 7
 with class accuracy; (e) moments read off the model: settings sweep, explained variance and cost;
 (f) the calibration's tolerance and its validation. Writes markdown tables, PNG plots and the raw
-numbers (results.json) to --out; a --quick run writes to a new temporary folder unless --out is given.
+numbers (results.json) to --out; a --quick run writes to a new temporary folder, removed when it ends,
+unless --out is given.
 """
 
 from __future__ import annotations
@@ -16,12 +17,13 @@ import argparse
 import json
 import os
 import sys
+import tempfile
 import time
 
 import torch
 
 from ..reference import REFERENCE_MODELS, load_reference
-from . import RESULTS, default_folder  # noqa: F401  (RESULTS: the committed results, for callers)
+from . import RESULTS  # the committed results (callers import it from here too)
 from ..reference.data import load_dataset, load_patches
 from . import calibration, guidance, model_moments
 from .explained import EV_SIGMAS, explained_variance_table, moment_variants
@@ -120,20 +122,58 @@ def run_calibration(results, opts) -> dict:
                        for c in configs]}
 
 
-def parse(argv=None):
+def at_least(least: int, why: str):
+    """An argparse type: a whole number ≥ ``least``."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+        if value < least:
+            raise argparse.ArgumentTypeError(f"got {value}; {why}")
+        return value
+    return parse
+
+
+def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m gaussian_teleport.bench.run", description=__doc__.split("\n")[0])
     p.add_argument("--quick", action="store_true",
-                   help="smoke run: tiny sizes, one configuration per part; writes to a temporary folder")
-    p.add_argument("--models", nargs="+", choices=REFERENCE_MODELS, default=list(REFERENCE_MODELS))
-    p.add_argument("--parts", nargs="+", choices=PARTS, default=list(PARTS))
-    p.add_argument("--samples", type=int, default=1000, help="samples per seed set")
-    p.add_argument("--sets", type=int, default=4, help="seed sets")
-    p.add_argument("--out", default=None, help="where reports go (default: bench/results in this package; --quick: a temporary folder)")
-    p.add_argument("--no-plots", action="store_true", help="skip the PNG plots (no matplotlib needed)")
+                   help="smoke run: tiny sizes, one configuration per part; writes to a temporary folder, removed at "
+                        "the end (default: off, the full benchmark)")
+    p.add_argument("--models", nargs="+", choices=REFERENCE_MODELS, default=list(REFERENCE_MODELS),
+                   help="reference models (default: %(default)s)")
+    p.add_argument("--parts", nargs="+", choices=PARTS, default=list(PARTS), help="parts to run (default: %(default)s)")
+    p.add_argument("--samples", type=at_least(2, "give at least 2 samples per seed set"), default=1000,
+                   help="samples per seed set (default: %(default)s; --quick: at most 32)")
+    p.add_argument("--sets", type=at_least(2, "the verdicts compare at least 2 seed sets"), default=4,
+                   help="seed sets (default: %(default)s; --quick: at most 2)")
+    p.add_argument("--out", default=None, help="folder the reports go to (default: bench/results in this package; "
+                                               "--quick: a temporary folder, removed at the end)")
+    p.add_argument("--no-plots", action="store_true", help="skip the PNG plots, no matplotlib needed (default: plot)")
     p.add_argument("--report-only", action="store_true",
-                   help="rewrite the tables and plots from <--out>/results.json without sampling again")
+                   help="rewrite the tables and plots from <--out>/results.json without sampling again (default: off)")
     p.add_argument("--reuse", action="store_true",
-                   help="run only --parts and keep the other parts' numbers from <--out>/results.json")
+                   help="run only --parts and keep the other parts' numbers from <--out>/results.json (default: off)")
+    return p
+
+
+def check_out(p: argparse.ArgumentParser, opts) -> None:
+    """Before any work: --out is a folder, and the results.json that --reuse or --report-only read exists."""
+    if opts.out is not None and os.path.exists(opts.out) and not os.path.isdir(opts.out):
+        p.error(f"--out {opts.out} is a file; give a folder for the reports")
+    for flag, wanted in (("--reuse", opts.reuse), ("--report-only", opts.report_only)):
+        if not wanted:
+            continue
+        if opts.out is None:
+            p.error(f"{flag} reads <--out>/results.json, and a --quick run has no folder of its own: give --out")
+        path = os.path.join(opts.out, "results.json")
+        if not os.path.isfile(path):
+            p.error(f"{flag} reads {path}, which does not exist; point --out at the folder of a benchmark run's "
+                    "results.json")
+
+
+def parse(argv=None):
+    p = build_parser()
     opts = p.parse_args(argv)
     opts.command = None
     opts.argv = list(sys.argv[1:] if argv is None else argv)
@@ -154,8 +194,9 @@ def parse(argv=None):
         opts.same_budget, opts.max_skip = (5.0,), 2
         opts.guidance_scales, opts.guidance_runs = (3.0,), (("euler", "sd"),)
         opts.sweep, opts.sweep_samples, opts.sweep_seeds = {"sigma": (10.0,)}, 32, 1
-    if opts.out is None:
-        opts.out = default_folder(opts.quick and not opts.report_only)
+    if opts.out is None and not (opts.quick and not opts.report_only):
+        opts.out = RESULTS      # a quick run's temporary folder is made (and removed) by main
+    check_out(p, opts)
     return opts
 
 
@@ -187,24 +228,31 @@ def restore_options(opts, saved: dict) -> None:
 
 def main(argv=None):
     opts = parse(argv)
+    if opts.out is not None:
+        return run(opts)
+    with tempfile.TemporaryDirectory(prefix="teleport-bench-") as folder:   # a quick run leaves nothing behind
+        opts.out = folder
+        try:
+            return run(opts)
+        finally:
+            log(f"removed {folder} (a quick run keeps nothing; give --out FOLDER to keep its reports)")
+
+
+def run(opts):
     if opts.report_only:
         saved = load_saved(opts.out, "--report-only")
         opts.command, results, seconds = saved["command"], saved["results"], saved["seconds"]
         restore_options(opts, saved)
         calibration_result = saved.get("calibration")
     else:
+        saved = load_saved(opts.out, "--reuse") if opts.reuse else None   # read before the work, not after it
         start = time.time()
         results = []
         for name in opts.models:
             results.append(run_model(name, opts))
             save_progress(results, opts, time.time() - start)
         if opts.reuse:
-            saved = load_saved(opts.out, "--reuse")
-            fresh = {r["model"]: r for r in results}
-            results = [{**r, **fresh.pop(r["model"], {})} for r in saved["results"]] + list(fresh.values())
-            # The record names every run that produced it: the saved one, then this one.
-            opts.command = f"{saved['command']}` then `python -m gaussian_teleport.bench.run {' '.join(opts.argv)}"
-            restore_options(opts, saved)
+            results = merge_saved(saved, results, opts)
         calibration_result = run_calibration(results, opts) if "calibration" in opts.parts else None
         if opts.reuse and calibration_result is None:
             calibration_result = saved.get("calibration")
@@ -214,6 +262,15 @@ def main(argv=None):
         print(f.read())
     log(f"reports in {opts.out}")
     return results
+
+
+def merge_saved(saved: dict, results: list[dict], opts) -> list[dict]:
+    """The saved run's models with this run's parts over them; the record names both runs."""
+    fresh = {r["model"]: r for r in results}
+    merged = [{**r, **fresh.pop(r["model"], {})} for r in saved["results"]] + list(fresh.values())
+    opts.command = f"{saved['command']}` then `python -m gaussian_teleport.bench.run {' '.join(opts.argv)}"
+    restore_options(opts, saved)
+    return merged
 
 
 if __name__ == "__main__":

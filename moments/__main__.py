@@ -8,7 +8,8 @@
 LATENTS are safetensors files (ComfyUI's .latent files included), folders of them or glob patterns,
 holding raw VAE latents (B, C, H, W) or (C, H, W); moments files found among them are skipped. Under
 torchrun each process reads every world-size-th file and the statistics are all-reduced (gloo on CPU,
-NCCL when CUDA is available), so the result equals a single-process run. ``from-model`` reads the
+NCCL when CUDA is available), so the result equals a single-process run; each process waits at most
+``--join-timeout`` seconds (60) for the others to join, and says so. ``from-model`` reads the
 moments off a k-diffusion-form denoiser's Jacobian: a reference model (digits, patches, a weights file
 from reference.train) or ``module:function`` returning (model, latent_shape, parameterization).
 """
@@ -19,15 +20,18 @@ import argparse
 import glob
 import os
 import sys
+from datetime import timedelta
 
 import torch
 
 from .base import DEFAULT_RANK, MomentAccumulator, MomentsError, structures
+from .latent_formats import check_format_channels, check_format_name, known_format_names
 from .files import is_moments_file, load_moments, read_header, save_moments
 from .from_model import (DEFAULT_DRAWS, DEFAULT_ITERATIONS, DEFAULT_MODEL_RANK, DEFAULT_SIGMA, DEFAULT_STEP,
                          STRUCTURES_FROM_MODEL, estimate_moments_from_model)
 
 LATENT_KEYS = ("latent_tensor", "latent", "samples", "latents")
+JOIN_TIMEOUT = 60.0   # seconds a torchrun process waits for the others before it gives up
 
 
 class UsageError(Exception):
@@ -91,28 +95,55 @@ def check_output(path: str, overwrite: bool) -> None:
         raise UsageError(f"cannot write to {folder}")
 
 
-def _distributed() -> bool:
-    return int(os.environ.get("WORLD_SIZE", "1")) > 1
+TORCHRUN = "torchrun --nproc_per_node N -m gaussian_teleport.moments estimate …"
+
+
+def world_size() -> int:
+    """The process count torchrun set in WORLD_SIZE (1 when unset); UsageError for anything but a whole number ≥ 1."""
+    text = os.environ.get("WORLD_SIZE", "1")
+    try:
+        world = int(text)
+    except ValueError:
+        world = 0
+    if world < 1:
+        raise UsageError(f"WORLD_SIZE={text!r} in the environment is not a process count (a whole number ≥ 1); "
+                         f"torchrun sets it for the processes it starts ({TORCHRUN}). Unset it to run in one process")
+    return world
+
+
+def join_processes(world: int, timeout: float):
+    """Join the torchrun group (waiting at most ``timeout`` s); returns (rank, the group the statistics use)."""
+    import torch.distributed as dist
+
+    backend = "nccl" if torch.cuda.is_available() else "gloo"
+    print(f"WORLD_SIZE={world}: waiting up to {timeout:g} s for the other {world - 1} process(es) to join "
+          f"({TORCHRUN} starts them together; unset WORLD_SIZE to run in one process)", file=sys.stderr)
+    if backend == "nccl":
+        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))
+    try:
+        dist.init_process_group(backend, timeout=timedelta(seconds=timeout))
+    except (ValueError, RuntimeError) as exc:   # missing RANK/MASTER_ADDR, or the others never came (DistStoreError)
+        raise UsageError(f"could not join the other {world - 1} process(es): {exc}. Start every process with "
+                         f"{TORCHRUN} (or raise --join-timeout), or unset WORLD_SIZE to run in one process") from None
+    # The short timeout is for joining; reading files and reducing may take long on some processes.
+    return dist.get_rank(), dist.new_group(timeout=timedelta(minutes=30))
 
 
 def estimate(args) -> int:
-    rank, world = 0, 1
-    if _distributed():
-        import torch.distributed as dist
-
-        backend = "nccl" if torch.cuda.is_available() else "gloo"
-        dist.init_process_group(backend)
-        rank, world = dist.get_rank(), dist.get_world_size()
-        if backend == "nccl":
-            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))
+    check_format_name(args.latent_format)
+    if not args.join_timeout > 0:
+        raise UsageError(f"--join-timeout must be a number of seconds > 0, got {args.join_timeout:g}")
+    world = world_size()
+    rank, group = join_processes(world, args.join_timeout) if world > 1 else (0, None)
     if rank == 0:
         check_output(args.out, args.overwrite)
     files = expand(args.latents, skip=args.out)
     acc = MomentAccumulator(args.structure, rank=args.rank)
     for path in files[rank::world]:
         acc.add(read_latents(path))
+        check_format_channels(args.latent_format, acc.shape[0])
     if world > 1:
-        acc.all_reduce()
+        acc.all_reduce(group)
     if rank == 0:
         m = acc.finalize(space=args.space, latent_format=args.latent_format,
                          metadata={"source": "latents", "source_files": str(len(files))},
@@ -152,6 +183,13 @@ def info(args) -> int:
     return 0
 
 
+def latent_format_arg(text: str) -> str:
+    try:
+        return check_format_name(text)
+    except MomentsError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
 def parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="python -m gaussian_teleport.moments", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -162,10 +200,13 @@ def parser() -> argparse.ArgumentParser:
     est.add_argument("--structure", choices=structures(), default="lowrank")
     est.add_argument("--rank", type=int, default=DEFAULT_RANK, help="eigenpairs kept by 'lowrank'")
     est.add_argument("--space", choices=("raw", "model"), default="raw")
-    est.add_argument("--latent-format", default="none", help="e.g. SD15, SDXL, SD3, Flux")
+    est.add_argument("--latent-format", default="none", type=latent_format_arg,
+                     help=f"the VAE family of the latents: {', '.join(known_format_names())} (default: none)")
     est.add_argument("--dtype", choices=("auto", "float32", "float16"), default="auto",
                      help="storage precision of the eigenvectors (auto: float16 for large ones)")
     est.add_argument("--overwrite", action="store_true")
+    est.add_argument("--join-timeout", type=float, default=JOIN_TIMEOUT, metavar="SECONDS",
+                     help="under torchrun: how long to wait for the other processes to join (default: %(default)g)")
     est.set_defaults(fn=estimate)
     fm = sub.add_parser("from-model", help="read the moments off a model's Jacobian (no images)")
     fm.add_argument("--model", required=True, help="digits, patches, a reference weights file, or module:function")

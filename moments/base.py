@@ -12,6 +12,8 @@ side by side in its own module (eigen.py: dense and low-rank; stationary.py):
 from __future__ import annotations
 
 import logging
+import math
+import numbers
 from typing import Callable
 
 import torch
@@ -40,6 +42,33 @@ def zero_roundoff(eigvals: torch.Tensor) -> torch.Tensor:
     """Eigenvalues of a PSD matrix computed in float64 may come out as -1e-17: they are zeros."""
     tol = 64 * torch.finfo(torch.float64).eps * eigvals.abs().max().clamp_min(1e-300)
     return torch.where(eigvals.abs() <= tol, torch.zeros_like(eigvals), eigvals)
+
+
+def whole_number(name: str, value, minimum: int) -> int:
+    """``value`` as an int if it is a whole number ≥ ``minimum`` (not a bool, not 2.5); MomentsError otherwise."""
+    whole = (isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value)
+             and value == int(value))
+    if not whole or value < minimum:
+        raise MomentsError(f"{name} must be a whole number ≥ {minimum}, got {value!r}")
+    return int(value)
+
+
+def check_value_dtype(dtype) -> torch.dtype:
+    """A floating-point torch dtype to store moments in; MomentsError naming the choices otherwise."""
+    if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
+        raise MomentsError(f"dtype must be a floating-point torch dtype (torch.float32, torch.float64, torch.float16 "
+                           f"or torch.bfloat16), got {dtype!r}")
+    return dtype
+
+
+def check_finite_moments(moments: "GaussianMoments", dtype: torch.dtype) -> None:
+    """Refuse moments whose statistics overflowed (or were never finite) in ``dtype``."""
+    for name, t in moments.tensors().items():
+        if not torch.isfinite(t).all():
+            raise MomentsError(
+                f"the moments' {name} overflow {dtype} (the largest {dtype} is {torch.finfo(dtype).max:.3g}); the "
+                "latents' values are far too large for VAE latents (typically within ±10): check the inputs, or "
+                "scale them before estimating")
 
 
 def orthonormality_error(q: torch.Tensor) -> float:
@@ -205,9 +234,7 @@ class MomentAccumulator:
         return super().__new__(cls)
 
     def __init__(self, structure: str | None = None, *, rank: int = DEFAULT_RANK, **_):
-        if rank < 1:
-            raise MomentsError(f"rank must be at least 1, got {rank}")
-        self.rank = int(rank)
+        self.rank = whole_number("rank", rank, 1)
         self.shape: tuple[int, int, int] | None = None
         self.count = 0
         self.sum: torch.Tensor | None = None
@@ -335,11 +362,19 @@ class MomentAccumulator:
 
         ``progress(message)`` is told before a final step that may take long (a large eigendecomposition).
         """
+        check_value_dtype(dtype)
         if self.count < 2:
             raise MomentsError(f"need at least 2 latents to estimate a covariance, got {self.count}")
         kw = dict(count=self.count, space=space, latent_format=latent_format,
                   metadata={"estimator": self.estimator_name(), **(metadata or {})})
-        return self.finalize_checked(self.sum / self.count, kw, dtype, progress or (lambda message: None))
+        try:
+            moments = self.finalize_checked(self.sum / self.count, kw, dtype, progress or (lambda message: None))
+        except torch.linalg.LinAlgError:
+            raise MomentsError("the covariance of these latents cannot be decomposed: its values overflow float64 "
+                               "(latents far too large for VAE latents, typically within ±10); check the inputs, "
+                               "or scale them before estimating") from None
+        check_finite_moments(moments, dtype)
+        return moments
 
     def finalize_checked(self, mean, kw, dtype, progress) -> GaussianMoments:
         raise NotImplementedError

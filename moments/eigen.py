@@ -17,7 +17,7 @@ from __future__ import annotations
 import torch
 
 from .base import (DEFAULT_RANK, GaussianMoments, GaussianOperator, MomentAccumulator, MomentsError,
-                   ScatterAccumulator, affine_vectors, log, shape_str, zero_roundoff)
+                   ScatterAccumulator, affine_vectors, log, shape_str, whole_number, zero_roundoff)
 
 DENSE_MAX_DIM = 4096     # a float64 D×D scatter of 128 MiB and an eigh that takes about a minute
 SCATTER_MAX_DIM = 1024   # below this a D×D eigh takes well under a second: low-rank stays exact
@@ -185,7 +185,7 @@ class LowRankAccumulator(DenseAccumulator, structure="lowrank"):
                  dense_max_dim: int = SCATTER_MAX_DIM, **kw):
         MomentAccumulator.__init__(self, structure, rank=rank)
         self.scatter_max_dim = min(int(dense_max_dim), DENSE_MAX_DIM)   # exact scatter up to this D
-        self.sketch_cols = int(sketch) if sketch is not None else default_sketch(self.rank)
+        self.sketch_cols = whole_number("sketch", sketch, 1) if sketch is not None else default_sketch(self.rank)
         if self.sketch_cols < self.rank:
             raise MomentsError(f"sketch ({self.sketch_cols}) must be at least the rank ({self.rank})")
         self.columns: torch.Tensor | None = None   # D×m centred columns; None once switched to the scatter

@@ -7,7 +7,8 @@ from typing import Callable, Iterable
 import torch
 import torch.nn.functional as F
 
-from .base import DEFAULT_RANK, GaussianMoments, MomentAccumulator, MomentsError
+from .base import DEFAULT_RANK, GaussianMoments, MomentAccumulator, MomentsError, check_value_dtype
+from .latent_formats import check_format_channels, check_format_name
 
 FITS = ("crop", "stretch")
 
@@ -15,10 +16,18 @@ FITS = ("crop", "stretch")
 def estimate_moments(batches: Iterable[torch.Tensor], structure: str = "lowrank", *, rank: int = DEFAULT_RANK,
                      sketch: int | None = None, space: str = "raw", latent_format: str = "none",
                      metadata: dict | None = None, dtype: torch.dtype = torch.float32) -> GaussianMoments:
-    """Estimate moments from an iterable of latent batches (B, C, H, W); stored in ``dtype``."""
+    """Estimate moments from an iterable of latent batches (B, C, H, W); stored in ``dtype``.
+
+    ``latent_format`` is "none" or a name in LATENT_FORMATS (SD15, SDXL, SD3, Flux), whose channel
+    count the latents must have; both are checked before the statistics are finalized.
+    """
+    check_format_name(latent_format)
+    check_value_dtype(dtype)
     acc = MomentAccumulator(structure, rank=rank, sketch=sketch)
     for batch in batches:
         acc.add(batch)
+        if acc.shape is not None:
+            check_format_channels(latent_format, acc.shape[0])
     return acc.finalize(space=space, latent_format=latent_format, metadata=metadata, dtype=dtype)
 
 

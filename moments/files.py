@@ -33,8 +33,10 @@ _TENSORS = {
 }
 _DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16,
            "float64": torch.float64}
+PRECISION_KEY = "eigvecs_precision"   # the precision the eigenvectors were computed in: their tolerance on load
+OLD_FILE_PRECISION = "float32"        # files without PRECISION_KEY: every estimator computed in float32 by default
 _RESERVED = {"format", "format_version", "structure", "latent_shape", "channels", "space", "latent_format",
-             "count", "rank", "dtype"}
+             "count", "rank", "dtype", PRECISION_KEY}
 
 AUTO_HALF_ABOVE = 2**24  # eigenvector values above which "auto" stores them in float16 (64 MiB in fp32)
 
@@ -56,12 +58,18 @@ def save_moments(moments: GaussianMoments, path: str | os.PathLike, *, dtype: st
     once the eigenvectors exceed 2²⁴ values (a 16×128×128 latent at rank 256 is then 135 MB instead of
     270 MB). Means and eigenvalues stay float32 or wider. Refuses to replace a file unless ``overwrite``.
     """
+    from safetensors import SafetensorError
     from safetensors.torch import save_file
 
     path = os.fspath(path)
     dtype = storage_dtype(moments, dtype)
     if dtype not in _DTYPES:
         raise MomentsError(f"unknown storage dtype {dtype!r}; choose one of {sorted(_DTYPES)}")
+    check_metadata_keys(metadata or {}, "metadata=")
+    check_metadata_keys({k: v for k, v in moments.metadata.items() if k != PRECISION_KEY}, "the moments' metadata")
+    folder = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(folder):
+        raise FileNotFoundError(f"cannot write {path}: the folder {folder} does not exist; create it first")
     if os.path.exists(path) and not overwrite:
         raise FileExistsError(f"{path} already exists; choose another name or pass overwrite=True")
     vec_dtype = _DTYPES[dtype]
@@ -76,11 +84,42 @@ def save_moments(moments: GaussianMoments, path: str | os.PathLike, *, dtype: st
         "dtype": dtype, "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         **{k: str(v) for k, v in moments.metadata.items()},
         **{k: str(v) for k, v in (metadata or {}).items()},
+        PRECISION_KEY: vector_precision(moments),
     }
     tmp = path + ".partial"
-    save_file(tensors, tmp, metadata=meta)
+    try:
+        save_file(tensors, tmp, metadata=meta)
+    except (SafetensorError, OSError) as exc:   # a full disk, no write permission
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise OSError(f"could not write {path}: {exc}") from None
     os.replace(tmp, path)
     return path
+
+
+def check_metadata_keys(metadata: dict, where: str) -> None:
+    """Refuse metadata that would overwrite a key the file format itself writes."""
+    taken = sorted(k for k in metadata if k in _RESERVED)
+    if taken:
+        raise MomentsError(f"{where} uses the reserved key(s) {taken}, which the moments file format writes itself "
+                           f"(reserved: {sorted(_RESERVED)}); rename them, e.g. 'user_{taken[0]}'")
+
+
+def _precision_name(t: torch.Tensor) -> str:
+    dtype = t.real.dtype if t.is_complex() else t.dtype
+    return {v: k for k, v in _DTYPES.items()}.get(dtype, "float32")
+
+
+def vector_precision(moments: GaussianMoments) -> str:
+    """The precision the eigenvectors were computed in: their own dtype's, or a coarser one a loaded file recorded."""
+    names = [_precision_name(t) for k, t in moments.tensors().items() if k.startswith("eigvecs")]
+    carried = moments.metadata.get(PRECISION_KEY)
+    return coarser(*names, *([carried] if carried in _DTYPES else []))
+
+
+def coarser(*names: str) -> str:
+    """The least precise of the named dtypes (the one with the loosest orthonormality tolerance)."""
+    return max(names, key=lambda name: ORTHONORMAL_TOL[_DTYPES[name]])
 
 
 # ----------------------------------------------------------------------------
@@ -96,8 +135,12 @@ def read_header(path: str | os.PathLike) -> dict:
         if len(head) < 8:
             raise MomentsError(f"{path} is empty or truncated ({size} bytes); it is not a moments file")
         (n,) = struct.unpack("<Q", head)
-        if n > min(size - 8, HEADER_MAX):
+        if n > size - 8:
             raise MomentsError(not_safetensors(path))
+        if n > HEADER_MAX:
+            raise MomentsError(f"{path} has a safetensors header of {n:,} bytes, more than the {HEADER_MAX:,} "
+                               "safetensors readers accept (a moments file's header is a few kB): its metadata is too "
+                               "large. Re-create it with save_moments() and less metadata")
         raw = fh.read(n)
     try:
         header = json.loads(raw)
@@ -217,8 +260,13 @@ def moments_from_tensors(tensors: dict, meta: dict, *, source: str = "moments") 
         raise MomentsError(f"{source}: metadata says eigenvectors are {meta.get('dtype')!r} but they are stored as "
                            f"{stored}; the file is damaged, re-create it")
     values = {k: (v.float() if v.dtype in (torch.float16, torch.bfloat16) else v) for k, v in tensors.items()}
-    kw = dict(count=count, space=space, latent_format=meta.get("latent_format", "none"),
-              metadata={k: v for k, v in meta.items() if k not in _RESERVED})
+    precision = meta.get(PRECISION_KEY, OLD_FILE_PRECISION)
+    if precision not in _DTYPES:
+        raise MomentsError(f"{source}: metadata '{PRECISION_KEY}' is {precision!r}, not one of {sorted(_DTYPES)}; the "
+                           "file is damaged, re-create it")
+    extra = {k: v for k, v in meta.items() if k not in _RESERVED}
+    extra[PRECISION_KEY] = coarser(precision, stored)   # what the loaded vectors hold, carried into a later save
+    kw = dict(count=count, space=space, latent_format=meta.get("latent_format", "none"), metadata=extra)
     mean = values["mean"]
     if tuple(mean.shape) != shape:
         raise MomentsError(f"{source}: mean has shape {tuple(mean.shape)} but metadata says {shape}")
@@ -240,14 +288,16 @@ def moments_from_tensors(tensors: dict, meta: dict, *, source: str = "moments") 
                 raise MomentsError(f"{source}: rank {k} exceeds the latent dimension {d}")
             if float(moments.residual) < 0:
                 raise MomentsError(f"{source}: residual variance {float(moments.residual)} is negative")
-    check_spectrum(moments, expect_vals, expect_vecs, vec_dtype, source)
+    tol = max(ORTHONORMAL_TOL.get(vec_dtype, 1e-3), ORTHONORMAL_TOL[_DTYPES[precision]])
+    check_spectrum(moments, expect_vals, expect_vecs, tol, source)
     if _int_field(meta, "rank", source, 1) != moments.rank:
         raise MomentsError(f"{source}: metadata says rank {meta['rank']} but the tensors hold rank {moments.rank}; "
                            "the file is damaged, re-create it")
     return moments
 
 
-def check_spectrum(m, expect_vals, expect_vecs, vec_dtype, source):
+def check_spectrum(m, expect_vals, expect_vecs, tol: float, source):
+    """Shapes, non-negative eigenvalues, and eigenvectors orthonormal within ``tol`` (their precision's)."""
     if tuple(m.eigvals.shape) != expect_vals or tuple(m.eigvecs.shape) != expect_vecs:
         raise MomentsError(f"{source}: eigenvalues {tuple(m.eigvals.shape)} / eigenvectors {tuple(m.eigvecs.shape)} "
                            f"do not fit a {m.structure} structure of latent {m.latent_shape} "
@@ -257,7 +307,6 @@ def check_spectrum(m, expect_vals, expect_vecs, vec_dtype, source):
         raise MomentsError(f"{source}: a covariance eigenvalue is negative ({float(m.eigvals.min()):.3g}); "
                            "the file is corrupt, re-estimate it")
     err = orthonormality_error(m.eigvecs)
-    tol = ORTHONORMAL_TOL.get(vec_dtype, 1e-3)
     if err > tol:
         raise MomentsError(f"{source}: eigenvectors are not orthonormal (max |QᵀQ − I| = {err:.3g} > {tol}); "
                            "the file is corrupt, re-estimate it")

@@ -57,7 +57,9 @@ class ModelProbe:
         for chunk in x.split(size):
             chunk = chunk.to(device=self.device, dtype=self.dtype)
             sig = self.sigma * chunk.new_ones([chunk.shape[0]])
-            outs.append(self.model(chunk, sig, **self.extra_args).to(device="cpu", dtype=torch.float64))
+            out = self.model(chunk, sig, **self.extra_args)
+            check_model_output(out, chunk, self.sigma)
+            outs.append(out.to(device="cpu", dtype=torch.float64))
             self.calls += 1
             self.batches.append(int(chunk.shape[0]))
             if self.progress is not None:
@@ -65,11 +67,53 @@ class ModelProbe:
         return torch.cat(outs)
 
 
+def check_model_output(out, x: torch.Tensor, sigma: float) -> None:
+    """The model returned a finite x0 prediction of x's shape; MomentsError naming what it returned otherwise."""
+    if isinstance(out, (tuple, list)):
+        raise MomentsError(f"the model returned a {type(out).__name__}, not a tensor: it must return the x0 "
+                           "prediction (B, C, H, W) alone; wrap it, e.g. "
+                           "lambda x, sigma, **kw: model(x, sigma, **kw)[0]")
+    if not isinstance(out, torch.Tensor):
+        raise MomentsError(f"the model returned a {type(out).__name__}, not a tensor: it must return the x0 "
+                           "prediction (B, C, H, W)")
+    if tuple(out.shape) != tuple(x.shape):
+        raise MomentsError(f"the model returned shape {tuple(out.shape)} for latents {tuple(x.shape)}: it must return "
+                           "the x0 prediction, of the latents' shape (check latent_shape and the model's wrapper)")
+    if not bool(torch.isfinite(out).all()):
+        raise MomentsError(f"the model returned NaN or Inf at noise level {sigma:g}: run it in float32 "
+                           "(input_dtype=torch.float32; half precision overflows), or read the moments at a lower "
+                           "sigma")
+
+
+STEP_ROUNDING = 0.5   # the largest relative change rounding the inputs may make to a finite-difference step
+
+
+def check_step_survives(x: torch.Tensor, h: float, dtype: torch.dtype) -> None:
+    """Refuse a finite-difference step lost when x (base point, then base + h·directions) is rounded to ``dtype``."""
+    rounded = x.to(dtype).double()
+    steps = (rounded[1:] - rounded[0]) - (x[1:] - x[0])
+    lost = float(steps.flatten(1).norm(dim=1).max()) / h
+    if lost > STEP_ROUNDING:
+        raise MomentsError(f"the finite-difference step ({h / math.sqrt(x[0].numel()):.3g} per latent element) is "
+                           f"lost to rounding in {dtype} model inputs (changed by {lost:.0%}): raise step (default "
+                           f"{DEFAULT_STEP:g}, in units of the noise σ), or pass input_dtype=torch.float64")
+
+
 def _directional(probe: ModelProbe, base: torch.Tensor, dirs: torch.Tensor, h: float):
     """(D(base), J·dirs) for unit-norm directions dirs (n, C, H, W), in one batch with the base point."""
     x = torch.cat([base[None], base[None] + h * dirs])
+    check_step_survives(x, h, probe.dtype)
     out = probe(x)
     return out[0], (out[1:] - out[0]) / h
+
+
+def check_some_variance(variances: torch.Tensor, residual: float, sigma: float) -> None:
+    """Refuse an all-zero covariance: the model's Jacobian had no positive direction at this noise level."""
+    if float(variances.max()) <= 0 and residual <= 0:
+        raise MomentsError(f"the model's Jacobian at noise level {sigma:g} has no positive eigenvalue, so the moments "
+                           "would be all zero: the model does not denoise towards data there (it ignores x, or it "
+                           "returns eps, v or −x0 instead of the x0 prediction). Check that it returns x0 in the "
+                           "sampler's space with the right parameterization, and that its output varies with x")
 
 
 def _unit(v: torch.Tensor):
@@ -149,6 +193,7 @@ def estimate_moments_from_model(model, latent_shape, *, sigma: float = DEFAULT_S
                     "model is not Gaussian there (or not trained); their variances are capped at %g σ². Read the "
                     "moments at a higher sigma", report["capped"], sigma, MAX_GAIN / (1 - MAX_GAIN))
     mean, kind, tensors = result
+    check_some_variance(tensors[0], float(tensors[2]) if kind != "stationary" else 0.0, sigma)
     info = {"source": "model", "sigma": f"{sigma:g}", "structure_from_model": structure, "iterations": iterations,
             "draws": draws, "step": f"{step:g}", "model_calls": probe.calls,
             "batch_sizes": ",".join(str(b) for b in sorted(set(probe.batches))),

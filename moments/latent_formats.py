@@ -67,6 +67,31 @@ def find_latent_format(name_or_format: str | LatentFormat) -> LatentFormat:
     return LATENT_FORMATS[name_or_format]
 
 
+def known_format_names() -> list[str]:
+    """The names a moments file may be tagged with: "none" and the formats in LATENT_FORMATS."""
+    return [NO_FORMAT, *sorted(LATENT_FORMATS)]
+
+
+def check_format_name(name) -> str:
+    """``name`` if it is "none" or a known format's exact name; MomentsError naming the valid ones otherwise."""
+    if name == NO_FORMAT or name in LATENT_FORMATS:
+        return name
+    close = [k for k in LATENT_FORMATS if isinstance(name, str) and k.lower() == name.strip().lower()]
+    hint = f" (did you mean {close[0]!r}?)" if close else ""
+    raise MomentsError(f"unknown latent format {name!r}{hint}; choose one of {', '.join(known_format_names())} "
+                       "(\"none\" for latents of another family)")
+
+
+def check_format_channels(name: str, channels: int) -> None:
+    """Refuse latents whose channel count does not fit the named format (none fits any)."""
+    fmt = LATENT_FORMATS.get(name)
+    if fmt is not None and fmt.channels != channels:
+        fits = [k for k, f in sorted(LATENT_FORMATS.items()) if f.channels == channels]
+        raise MomentsError(f"{name} latents have {fmt.channels} channels but these latents have {channels}: choose "
+                           f"the latent format of the VAE that made them ({', '.join(fits) or 'none fits'}), "
+                           "or \"none\"")
+
+
 def to_model_space(moments: GaussianMoments, fmt: "str | LatentFormat | float", shift=None, *,
                    latent_format: str | None = None) -> GaussianMoments:
     """The moments in ``fmt``'s model space: raw ones converted exactly, model-space ones checked.

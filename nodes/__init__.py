@@ -3,6 +3,7 @@
 - estimate.py: Estimate Moments (Images, Latents, Model)
 - moments_files.py: Save Moments, Load Moments, the models/moments folder
 - sampling.py: Gaussian Teleport Sampler, Attach Teleport Moments (+ the KSampler's teleport_* entries), Teleport Sigmas
+- gaussian_solver.py: Gaussian Solver Sampler (+ the KSampler's gaussian_solver entry)
 - calibrate.py: Calibrate Teleport
 - preview.py: Gaussian Preview
 
@@ -31,11 +32,13 @@ async def comfy_entrypoint():
     """The V3 entry point: registers the moments folder and the KSampler entries once, returns the nodes."""
     from comfy_api.latest import ComfyExtension
 
-    from . import calibrate, estimate, moments_files, preview, sampling
+    from . import calibrate, estimate, gaussian_solver, moments_files, preview, sampling
 
     moments_files.register_moments_folder()
     sampling.register_ksampler_variants()
-    nodes = [*estimate.NODES, *moments_files.NODES, *sampling.NODES, *calibrate.NODES, *preview.NODES]
+    gaussian_solver.register_ksampler_entry()
+    nodes = [*estimate.NODES, *moments_files.NODES, *sampling.NODES, *gaussian_solver.NODES, *calibrate.NODES,
+             *preview.NODES]
 
     class GaussianTeleportExtension(ComfyExtension):
         async def get_node_list(self):

@@ -1,7 +1,7 @@
 """What a ComfyUI model tells teleport, and the sampler function the SAMPLER node and the KSampler entries run.
 
 Glue only: the latent format is read off the model's own ``process_in`` map, the parameterization off
-its ``model_sampling`` class; everything else is the core's ``sample_teleport``.
+its ``model_sampling`` class; everything else is the core's ``sample_teleport`` / ``sample_gaussian``.
 """
 
 from __future__ import annotations
@@ -14,10 +14,13 @@ from ..moments.base import GaussianMoments, MomentsError
 from ..moments.latent_formats import LatentFormat
 from ..scheduler.parameterization import FLOW, VE, Parameterization
 from ..scheduler.settings import TeleportSettings
+from ..scheduler.solver import make_gaussian_sampler
 from ..scheduler.teleport import sample_teleport
 
 log = logging.getLogger("gaussian_teleport")
 TELEPORT_FUNCTION = "sample_gaussian_teleport"   # the name a teleport SAMPLER's function carries
+SOLVER_NAME = "gaussian_solver"                  # the Gaussian solver's KSampler-dropdown entry
+SOLVER_FUNCTION = "sample_" + SOLVER_NAME        # the name a Gaussian-solver SAMPLER's function carries
 
 # ComfyUI's model_sampling mix-ins, by class name (combined into one class per model).
 VE_KINDS = ("EDM", "V_PREDICTION", "EPS")            # x = x0 + σ·ε as the samplers see it
@@ -88,6 +91,22 @@ def teleport_function(moments: GaussianMoments, settings: TeleportSettings, inne
                                **options)
 
     sample.__name__ = TELEPORT_FUNCTION
+    return sample
+
+
+def solver_function(moments: GaussianMoments, order: int):
+    """A k-diffusion sampler function: the Gaussian solver of ``order`` with ``moments`` (the core's
+    ``sample_gaussian``), in the latent format and parameterization of the model it is called with."""
+    make_gaussian_sampler(moments, order)          # bad options stop here, before any model call
+
+    def sample(model, x, sigmas, extra_args=None, callback=None, disable=None, **options):
+        if not isinstance(moments, GaussianMoments):
+            raise MomentsError(f"the Gaussian solver needs Gaussian moments, got {type(moments).__name__}")
+        fmt, param = model_facts(model, int(x.shape[1]))
+        fn = make_gaussian_sampler(moments, order, latent_format=fmt, parameterization=param)
+        return fn(model, x, sigmas, extra_args, callback, disable, **options)
+
+    sample.__name__ = SOLVER_FUNCTION
     return sample
 
 

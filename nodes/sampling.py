@@ -1,5 +1,6 @@
 """Sampling with teleport: a SAMPLER for SamplerCustom(Advanced), moments on a MODEL for the KSampler's
-teleport_* entries, and the schedule cut at the hand-off for split graphs."""
+teleport_* entries (and gaussian_solver, see gaussian_solver.py), and the schedule cut at the hand-off for
+split graphs."""
 
 from __future__ import annotations
 
@@ -12,13 +13,15 @@ from comfy_api.latest import io
 from ..moments.base import GaussianMoments, MomentsError
 from ..scheduler.handoff import Handoff, plan_teleport
 from ..scheduler.settings import TeleportSettings
-from .comfy_model import TELEPORT_FUNCTION, find_on_chain, parameterization_of, teleport_function
+from .comfy_model import (SOLVER_FUNCTION, SOLVER_NAME, TELEPORT_FUNCTION, find_on_chain, parameterization_of,
+                          teleport_function)
 from .widgets import CATEGORY, handoff_inputs, moments_input, settings_problem
 
 ATTACHMENT_KEY = "gaussian_teleport"
 TELEPORT_PREFIX = "teleport_"
-KSAMPLER_INNER = ("euler", "heun", "dpmpp_2m")    # inner samplers offered in the KSampler dropdown
+KSAMPLER_INNER = ("euler", "heun", "dpmpp_2m", "ipndm")    # inner samplers offered in the KSampler dropdown
 KSAMPLER_NAMES = ", ".join(TELEPORT_PREFIX + s for s in KSAMPLER_INNER)
+ATTACH_USERS = f"{KSAMPLER_NAMES} or {SOLVER_NAME}"    # the dropdown entries that read the attachment
 
 
 @dataclass(frozen=True)
@@ -39,10 +42,14 @@ def inner_sampler(sampler_name: str, sampler=None):
     if not isinstance(sampler, comfy.samplers.KSAMPLER):
         raise ValueError(f"the connected sampler ({type(sampler).__name__}) is not a k-diffusion KSAMPLER; "
                          "teleport can only hand off to k-diffusion-style samplers")
-    if getattr(sampler.sampler_function, "__name__", "") == TELEPORT_FUNCTION or \
-            getattr(sampler.sampler_function, "__name__", "").startswith("sample_" + TELEPORT_PREFIX):
+    name = getattr(sampler.sampler_function, "__name__", "")
+    if name == TELEPORT_FUNCTION or name.startswith("sample_" + TELEPORT_PREFIX):
         raise ValueError("the connected sampler is itself a Gaussian Teleport sampler; connect a plain sampler "
                          "(e.g. KSamplerSelect with euler) as the inner sampler")
+    if name == SOLVER_FUNCTION:
+        raise ValueError("the connected sampler is the Gaussian solver, which already uses the moments at every "
+                         "step; use it on its own (connect it to SamplerCustom's sampler input) or connect a plain "
+                         "sampler (e.g. KSamplerSelect with euler) as the inner sampler")
     return sampler
 
 
@@ -52,6 +59,9 @@ def sampler_name_problem(sampler_name) -> str | bool:
     if sampler_name.startswith(TELEPORT_PREFIX):
         return (f"'{sampler_name}' is itself a teleport sampler; pick a plain inner sampler such as "
                 f"{sampler_name[len(TELEPORT_PREFIX):]}")
+    if sampler_name == SOLVER_NAME:
+        return (f"'{SOLVER_NAME}' is the Gaussian solver, which already uses the moments at every step; pick a plain "
+                "inner sampler such as euler (or use the Gaussian Solver Sampler node on its own)")
     if sampler_name not in comfy.samplers.SAMPLER_NAMES:
         return f"unknown sampler {sampler_name!r}"
     return True
@@ -97,13 +107,12 @@ class GaussianTeleportAttachMoments(io.ComfyNode):
         return io.Schema(
             node_id="GaussianTeleportAttachMoments", display_name="Attach Teleport Moments", category=CATEGORY,
             description=f"Attach moments and a hand-off to a MODEL so the KSampler's {KSAMPLER_NAMES} samplers use "
-                        "them.",
+                        f"them. The KSampler's {SOLVER_NAME} uses the moments only (order 3, no hand-off).",
             inputs=[io.Model.Input("model", tooltip="The diffusion model to attach moments to (the result is a light "
                                    "clone)."),
                     moments_input(), *handoff_inputs()],
             outputs=[io.Model.Output(display_name="model", tooltip=f"The model with moments attached; pick "
-                                     f"{KSAMPLER_NAMES} "
-                                     "in the KSampler.")],
+                                     f"{ATTACH_USERS} in the KSampler.")],
         )
 
     @classmethod
@@ -116,7 +125,7 @@ class GaussianTeleportAttachMoments(io.ComfyNode):
         model = model.clone()
         model.set_attachments(ATTACHMENT_KEY, attachment)
         return io.NodeOutput(model, ui={"text": (f"{moments.describe()}; {attachment.settings.describe()}; pick "
-                                                 f"{KSAMPLER_NAMES} in the KSampler",)})
+                                                 f"{ATTACH_USERS} in the KSampler",)})
 
 
 class GaussianTeleportSigmas(io.ComfyNode):
@@ -164,15 +173,21 @@ class GaussianTeleportSigmas(io.ComfyNode):
 # The KSampler dropdown entries (registered once, at load).
 
 
+def attached_moments(model, sampler_name: str) -> Attachment:
+    """What Attach Teleport Moments put on the MODEL behind a sampler call; MomentsError naming the node if none."""
+    holder = find_on_chain(model, "model_patcher")
+    attachment = holder.model_patcher.get_attachment(ATTACHMENT_KEY) if holder is not None else None
+    if attachment is None:
+        raise MomentsError(f"sampler '{sampler_name}' needs Gaussian moments on the model: put an 'Attach Teleport "
+                           "Moments' node between the model loader and the KSampler")
+    return attachment
+
+
 def attached_sampler(inner_name: str):
     """The KSampler-dropdown sampler teleport_<inner_name>: its moments and settings ride on the MODEL."""
 
     def sample(model, x, sigmas, extra_args=None, callback=None, disable=None, **options):
-        holder = find_on_chain(model, "model_patcher")
-        attachment = holder.model_patcher.get_attachment(ATTACHMENT_KEY) if holder is not None else None
-        if attachment is None:
-            raise MomentsError(f"sampler '{TELEPORT_PREFIX}{inner_name}' needs Gaussian moments on the model: put an "
-                               "'Attach Teleport Moments' node between the model loader and the KSampler")
+        attachment = attached_moments(model, TELEPORT_PREFIX + inner_name)
         inner = getattr(k_diffusion_sampling, "sample_" + inner_name)
         fn = teleport_function(attachment.moments, attachment.settings, inner)
         return fn(model, x, sigmas, extra_args, callback, disable, **options)
@@ -182,8 +197,8 @@ def attached_sampler(inner_name: str):
     return sample
 
 
-def register_ksampler_variants():
-    """Add teleport_<inner> to the KSampler dropdown in place; a second call changes nothing.
+def add_ksampler_entry(name: str, function) -> None:
+    """Put sample_<name> on comfy.k_diffusion.sampling and <name> in the KSampler dropdown, once.
 
     KSampler reads the very list objects SAMPLER_NAMES / KSAMPLER_NAMES, so they are appended to,
     never reassigned; a name missing from them would silently fall back to euler.
@@ -191,13 +206,19 @@ def register_ksampler_variants():
     lists = [comfy.samplers.KSAMPLER_NAMES, comfy.samplers.SAMPLER_NAMES]
     if comfy.samplers.KSampler.SAMPLERS is not comfy.samplers.SAMPLER_NAMES:
         lists.append(comfy.samplers.KSampler.SAMPLERS)
+    if not hasattr(k_diffusion_sampling, "sample_" + name):
+        setattr(k_diffusion_sampling, "sample_" + name, function)
+    for names in lists:
+        if name not in names:
+            names.append(name)
+
+
+def register_ksampler_variants():
+    """Add teleport_<inner> to the KSampler dropdown in place, for each inner sampler this ComfyUI has; a second
+    call changes nothing."""
     for inner in KSAMPLER_INNER:
-        name = TELEPORT_PREFIX + inner
-        if not hasattr(k_diffusion_sampling, "sample_" + name):
-            setattr(k_diffusion_sampling, "sample_" + name, attached_sampler(inner))
-        for names in lists:
-            if name not in names:
-                names.append(name)
+        if hasattr(k_diffusion_sampling, "sample_" + inner):
+            add_ksampler_entry(TELEPORT_PREFIX + inner, attached_sampler(inner))
 
 
 NODES = [GaussianTeleportSampler, GaussianTeleportAttachMoments, GaussianTeleportSigmas]

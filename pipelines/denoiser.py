@@ -18,6 +18,11 @@ from .schedulers import ScheduleCut, scheduler_kind
 from .teleport import internal_call
 
 
+# Per-prompt tensors a call may give instead of a prompt (one row per prompt).
+EMBEDDINGS = ("prompt_embeds", "pooled_prompt_embeds", "negative_prompt_embeds", "negative_pooled_prompt_embeds",
+              "prompt_attention_mask", "negative_prompt_attention_mask")
+
+
 class PipelineDenoiser:
     """``pipe`` with the arguments ``call`` (prompt, guidance, size, …) as a k-diffusion denoiser.
 
@@ -42,21 +47,34 @@ class PipelineDenoiser:
         channels = int(module.config.in_channels) // (4 if self.family.packed else 1)
         return (channels, *latent_size(self.pipe, self.family, self.call))
 
+    def _given_embeddings(self) -> bool:
+        return self.call.get("prompt") is None and self.call.get("prompt_embeds") is not None
+
     def _images_per_prompt(self, batch: int) -> int:
         prompt = self.call.get("prompt")
         prompts = len(prompt) if isinstance(prompt, list) else 1
-        if "prompt_embeds" in self.call and prompt is None:
+        if self._given_embeddings():
             prompts = int(self.call["prompt_embeds"].shape[0])
         if batch % prompts:
             raise ValueError(f"a batch of {batch} latents does not split over {prompts} prompts")
         return batch // prompts
+
+    def batch_call(self, batch: int) -> dict:
+        """The pipeline arguments for ``batch`` latents: given embeddings repeated prompt-major to the batch here
+        (SD3 and Flux do not apply num_images_per_prompt to them), or num_images_per_prompt for text prompts."""
+        per_prompt = self._images_per_prompt(batch)
+        if not self._given_embeddings():
+            return {**self.call, "num_images_per_prompt": per_prompt}
+        repeated = {k: v.repeat_interleave(per_prompt, dim=0) for k, v in self.call.items()
+                    if k in EMBEDDINGS and isinstance(v, torch.Tensor)}
+        return {**self.call, **repeated, "num_images_per_prompt": 1}
 
     def __call__(self, x: torch.Tensor, sigma: torch.Tensor, **extra_args) -> torch.Tensor:
         s = float(sigma.reshape(-1)[0])
         if not torch.all(sigma == sigma.reshape(-1)[0]):
             raise ValueError("the pipeline denoises a batch at one noise level; got several sigmas")
         frame = pipeline_latents(self.pipe, self.family, self.kind.from_core(x, s)).to(self.dtype)
-        call = {**self.call, "num_images_per_prompt": self._images_per_prompt(x.shape[0])}
+        call = self.batch_call(x.shape[0])
         cut = ScheduleCut(self.pipe.scheduler, self.kind, "probe", sigma=s)
         with torch.no_grad():
             out = internal_call(self.pipe, cut, call, latents=frame)

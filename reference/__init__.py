@@ -59,7 +59,7 @@ def load_reference(name_or_path: str = DEFAULT_MODEL, device="cpu") -> Reference
     from ..moments import load_moments
 
     weights, moments_path, record_path = reference_paths(name_or_path)
-    model = load_model(weights, device=device)
+    model = read_weights(weights, device)
     moments = load_moments(moments_path)
     record = {}
     if os.path.isfile(record_path):
@@ -69,22 +69,65 @@ def load_reference(name_or_path: str = DEFAULT_MODEL, device="cpu") -> Reference
     return ReferenceModel(name, model, moments, record)
 
 
+def read_weights(path: str, device) -> EDMDenoiser:
+    """load_model, with a file that is not safetensors (a pickle renamed, a damaged download) named as such."""
+    from safetensors import SafetensorError
+
+    try:
+        return load_model(path, device=device)
+    except SafetensorError:
+        raise ValueError(f"{path} is not a safetensors file (a pickle, .pt/.ckpt renamed, or a damaged download?); "
+                         "reference weights are only read from safetensors files written by "
+                         "gaussian_teleport.reference.train (or give digits or patches)") from None
+
+
 def load_denoiser(spec: str, *, label: int | None = None, cfg: float | None = None):
     """(model, latent_shape, parameterization, extra_args) for a command line's ``--model``.
 
     ``spec``: a shipped reference model (digits, patches), a weights file from reference.train, or
     ``module:function`` naming a function that returns (model, latent_shape, parameterization) for any
     k-diffusion-form denoiser. ``label``/``cfg`` condition a class-conditional reference model.
+    ValueError naming the problem and the fix for a spec that does not load.
     """
-    import importlib
-
     if is_function_spec(spec):
-        module, _, name = spec.partition(":")
-        model, shape, param = getattr(importlib.import_module(module), name)()
-        return model, tuple(shape), param, {}
+        if label is not None or cfg is not None:
+            raise ValueError(f"--label and --cfg condition a reference model; the model of {spec!r} carries its "
+                             "own conditioning: drop them (or apply them inside that function)")
+        model, shape, param = load_function_model(spec)
+        return model, shape, param, {}
     ref = load_reference(spec)
     model, extra_args = condition(ref, label=label, cfg=cfg)
     return model, ref.shape, "ve", extra_args
+
+
+def load_function_model(spec: str):
+    """(model, latent_shape, parameterization) from the function a ``module:function`` spec names."""
+    import importlib
+    import numbers
+
+    from ..scheduler.parameterization import parameterization
+
+    module, _, name = spec.partition(":")
+    try:
+        fn = getattr(importlib.import_module(module), name, None)
+    except (ImportError, ValueError) as exc:
+        raise ValueError(f"--model {spec!r}: module {module!r} cannot be imported ({exc}); give module:function "
+                         "of a module Python finds (installed, or its folder on PYTHONPATH)") from None
+    if not callable(fn):
+        raise ValueError(f"--model {spec!r}: module {module!r} has no function {name!r}; give module:function "
+                         "naming a function that returns (model, latent_shape, parameterization)")
+    result = fn()
+    if not (isinstance(result, (tuple, list)) and len(result) == 3):
+        raise ValueError(f"--model {spec!r}: {name}() must return (model, latent_shape, parameterization), "
+                         f"got {type(result).__name__} {str(result)[:60]!r}")
+    model, shape, param = result
+    shape = tuple(shape) if isinstance(shape, (tuple, list)) else shape   # torch.Size is a tuple
+    if not callable(model) or not (isinstance(shape, tuple) and len(shape) == 3
+                                   and all(isinstance(n, numbers.Integral) and n > 0 for n in shape)):
+        raise ValueError(f"--model {spec!r}: {name}() must return (model, latent_shape, parameterization) with a "
+                         f"callable k-diffusion denoiser and a latent shape (C, H, W); got "
+                         f"({type(model).__name__}, {shape!r}, {param!r})")
+    return model, tuple(int(n) for n in shape), parameterization(param)
 
 
 def is_function_spec(spec: str) -> bool:
@@ -94,13 +137,18 @@ def is_function_spec(spec: str) -> bool:
 
 def condition(ref: ReferenceModel, *, label: int | None = None, cfg: float | None = None):
     """(model, extra_args) for a class label and a CFG scale on a reference model."""
+    import math
+
     import torch
 
     model, extra_args = ref.model, {}
+    if cfg is not None and not (isinstance(cfg, (int, float)) and math.isfinite(cfg)):
+        raise ValueError(f"the guidance scale (--cfg) must be a finite number, got {cfg!r}")
     if ref.model.cfg.num_classes:
         if cfg is not None:
             model = GuidedDenoiser(ref.model, cfg)
         if label is not None:
+            check_label(ref, label)
             extra_args = {"class_labels": torch.tensor([label])}
         elif cfg is not None:
             raise ValueError("guidance needs a class label (--label)")
@@ -109,5 +157,15 @@ def condition(ref: ReferenceModel, *, label: int | None = None, cfg: float | Non
     return model, extra_args
 
 
-__all__ = ["load_denoiser", "condition", "is_function_spec", "EDMDenoiser", "GuidedDenoiser", "ModelConfig", "load_model", "save_model", "WEIGHTS_DIR",
+def check_label(ref: ReferenceModel, label) -> int:
+    """A class label of a class-conditional reference model; ValueError naming the valid range."""
+    classes = ref.model.cfg.num_classes
+    if not classes:
+        raise ValueError(f"model {ref.name!r} is unconditional: drop --label")
+    if isinstance(label, bool) or not isinstance(label, int) or not 0 <= label < classes:
+        raise ValueError(f"label {label!r} is not a class of model {ref.name!r}: give --label 0..{classes - 1}")
+    return label
+
+
+__all__ = ["load_denoiser", "load_function_model", "condition", "check_label", "is_function_spec", "EDMDenoiser", "GuidedDenoiser", "ModelConfig", "load_model", "save_model", "WEIGHTS_DIR",
            "REFERENCE_MODELS", "DEFAULT_MODEL", "ReferenceModel", "reference_paths", "load_reference"]

@@ -10,6 +10,7 @@ steps finds the most steps that can be replaced within ``tolerance`` from a hand
 from __future__ import annotations
 
 import math
+import numbers
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -19,9 +20,9 @@ from ..moments.base import GaussianMoments
 from ..moments.latent_formats import LatentFormat
 from .binding import bind_moments
 from .explained import ExplainedVariance, RecordingModel
-from .handoff import Handoff, check_schedule, format_sigma, skipped_steps
+from .handoff import MODES, Handoff, check_schedule, format_sigma, skipped_steps
 from .parameterization import Parameterization, parameterization as as_parameterization
-from .settings import DEFAULT_MEAN
+from .settings import DEFAULT_MEAN, check_mean
 from .teleport import check_latent, sample_teleport
 
 # The change is the paired RMSE over the plain run's own spread between samples: per element, the
@@ -32,6 +33,11 @@ from .teleport import check_latent, sample_teleport
 # tolerances replace more steps and start to cost FD on SD-like schedules.
 DEFAULT_TOLERANCE = 0.01
 LOWEST_CANDIDATE = 1.0   # default candidates hand off at noise levels ≥ 1 (about σ_data): below, jumps fail
+# Two plain runs from the same noise may differ by at most this share of the tolerance (GPU kernels are not
+# always bit-exact); beyond it the measured changes are the model's own noise, not what the hand-off does.
+REPEAT_SHARE = 0.5
+# A plain run whose spread between samples is below this share of its RMS has samples that are all the same.
+SAME_SAMPLES = 1e-6
 
 
 @dataclass(frozen=True)
@@ -109,10 +115,81 @@ class CountingModel:
         return out
 
 
+class FiniteModel:
+    """Refuses a denoiser output that is not a finite tensor shaped like x (NaN, even in one sample, or a tuple)."""
+
+    def __init__(self, model):
+        self.model, self.calls = model, 0
+
+    def __call__(self, x, sigma, **extra_args):
+        out = self.model(x, sigma, **extra_args)
+        self.calls += 1
+        if not isinstance(out, torch.Tensor) or out.shape != x.shape:
+            got = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+            raise ValueError(f"the model must return the denoised latent shaped like x {tuple(x.shape)}, got {got}; "
+                             "wrap it so it returns one tensor (the x0 prediction, k-diffusion form)")
+        bad = ~torch.isfinite(out).flatten(1).all(dim=1)
+        if bool(bad.any()):
+            raise ValueError(f"the model returned NaN or Inf at σ {format_sigma(float(sigma.reshape(-1)[0]))} (call "
+                             f"{self.calls}, in {int(bad.sum())} of {len(bad)} samples): the calibration cannot "
+                             "measure a broken image; fix the model or its inputs (a float16 overflow? a NaN in the "
+                             "conditioning or the CFG scale?) and run it again")
+        return out
+
+
 def check_samples(x: torch.Tensor) -> None:
     if x.shape[0] < 2:
         raise ValueError("calibration needs at least 2 noise samples (a batch of 2 or more) to measure the spread "
                          "between samples")
+
+
+def check_noise(x: torch.Tensor) -> None:
+    """Finite start noise whose samples differ (the change is measured against the spread between them)."""
+    check_latent(x)
+    check_samples(x)
+    bad = ~torch.isfinite(x)
+    if bool(bad.any()):
+        raise ValueError(f"the start noise x contains NaN or Inf ({int(bad.sum())} of {x.numel()} values): draw it "
+                         "again, e.g. torch.randn(B, C, H, W) · sigmas[0]")
+    if bool((x == x[:1]).all()):
+        raise ValueError("the noise samples are identical (spread 0 between them), so no change can be measured: "
+                         "draw each sample from its own seed, e.g. torch.randn(B, C, H, W) with B ≥ 2")
+
+
+def check_request(tolerance, mean: str, mode: str, sampler) -> None:
+    """The settings, checked before the first model call (not after the plain run)."""
+    if not (isinstance(tolerance, numbers.Real) and not isinstance(tolerance, bool)
+            and math.isfinite(tolerance) and tolerance > 0):
+        raise ValueError(f"tolerance must be a number > 0 (the default is {DEFAULT_TOLERANCE:g}), got {tolerance!r}")
+    check_mean(mean)
+    if mode not in MODES:
+        raise ValueError(f"calibration mode must be one of {MODES}, got {mode!r}")
+    if not callable(sampler):
+        raise ValueError(f"sampler must be a k-diffusion sampler function, got {type(sampler).__name__}")
+
+
+def check_plain(plain: torch.Tensor) -> float:
+    """The plain run's spread between samples; ValueError when it is not finite or its samples are all the same."""
+    if not bool(torch.isfinite(plain).all()):
+        raise ValueError("the plain run gave NaN or Inf although every model output was finite: the schedule or "
+                         "the sampler is broken (a 0 inside the schedule? check the sigmas)")
+    unit = spread_between_samples(plain)
+    size = float(plain.double().pow(2).mean().sqrt())
+    if not unit > SAME_SAMPLES * size:
+        raise ValueError(f"the plain run's samples are all the same (spread {unit:.3g} between samples) although "
+                         "their noise differs: the model's output does not depend on x. Check that the model "
+                         "(or its wrapper) denoises the x it is given")
+    return unit
+
+
+def check_repeatable(repeat: torch.Tensor, plain: torch.Tensor, unit: float, tolerance: float) -> None:
+    """Two plain runs from the same noise must agree far within the tolerance."""
+    change = paired_change(repeat, plain) / unit
+    if change > REPEAT_SHARE * tolerance:
+        raise ValueError(f"the model is not deterministic: two plain runs from the same noise differ by {change:.3g} "
+                         f"of the spread ({change / tolerance:.2g}× the tolerance {tolerance:g}), so the measured "
+                         "changes are its own noise. Make it repeatable (model.eval() for dropout; fixed seeds for "
+                         "any noise it or the sampler draws, reset in on_run_start) and calibrate again")
 
 
 def spread_between_samples(x: torch.Tensor) -> float:
@@ -151,27 +228,35 @@ def calibrate_handoff(model, x: torch.Tensor, sigmas: torch.Tensor, sampler: Cal
     guided denoiser in k-diffusion form; ``sampler`` the inner sampler. ``candidates``: hand-offs to
     consider (Handoff, 'sigma:4.5' or noise levels); default every schedule step at a noise level ≥ 1 that
     leaves the sampler at least one step. ``progress(calls_done, calls_bound)`` after every model call (raise to cancel).
+
+    A broken measurement raises ValueError naming the cause instead of recommending: NaN or identical
+    noise samples and bad settings before the first model call; a model output that is NaN/Inf (in any
+    sample) or not shaped like x; a plain run whose samples are all the same (the model ignores x); and,
+    when no candidate is within the tolerance, a second plain run (its calls are counted) that differs
+    from the first by more than half the tolerance (the model is not deterministic).
     """
-    check_latent(x)
-    check_samples(x)             # before the plain run, not after it
+    check_noise(x)               # everything before the first model call, not after the plain run
+    check_request(tolerance, mean, mode, sampler)
     param = as_parameterization(parameterization)
     n = check_schedule(sigmas, param)
-    if not (tolerance > 0 and math.isfinite(tolerance)):
-        raise ValueError(f"tolerance must be a number > 0, got {tolerance}")
     extra_args = extra_args or {}
     gauss = bind_moments(moments, x.shape[1:], latent_format=latent_format, parameterization=param, device=x.device)
     levels = [param.noise_level(float(s)) for s in sigmas]
     ks = _candidate_steps(candidates, sigmas, levels, n, param)
     bound = (2 if "heun" in getattr(sampler, "__name__", "") else 1) * n * (2 + math.ceil(math.log2(len(ks) + 1)))
-    counter = CountingModel(model, None if progress is None else (lambda done: progress(done, max(bound, done))))
+    counter = CountingModel(FiniteModel(model),
+                            None if progress is None else (lambda done: progress(done, max(bound, done))))
 
     start_run = on_run_start or (lambda: None)
     record = ExplainedVariance()
-    start_run()
-    plain = sampler(RecordingModel(counter, gauss, record), x, sigmas, extra_args=extra_args, disable=True,
-                    **sampler_options)
+
+    def run_plain(model_used):
+        start_run()
+        return sampler(model_used, x, sigmas, extra_args=extra_args, disable=True, **sampler_options)
+
+    plain = run_plain(RecordingModel(counter, gauss, record))
     calls_plain = counter.calls
-    unit = max(spread_between_samples(plain), 1e-12)
+    unit = check_plain(plain)
 
     measured: dict[int, Candidate] = {}
 
@@ -181,11 +266,14 @@ def calibrate_handoff(model, x: torch.Tensor, sigmas: torch.Tensor, sampler: Cal
         out = sample_teleport(counter, x, sigmas, extra_args, None, True, moments=gauss.moments, sampler=sampler,
                               handoff=Handoff("steps", k), mode=mode, mean=mean, parameterization=param,
                               **sampler_options)
+        check_teleported(out, k)
         change = paired_change(out, plain) / unit
         measured[k] = Candidate(k, levels[k], counter.calls - before, change, change <= tolerance)
         return measured[k]
 
     best = largest_passing(ks, lambda k: measure(k).passed)   # the change grows with the steps replaced
+    if not any(c.passed for c in measured.values()):         # nothing within: is it the model's own noise?
+        check_repeatable(run_plain(counter), plain, unit, tolerance)
     if best and measured[best].calls >= calls_plain:
         best = 0        # within the tolerance but no call saved (the model mean's probe costs one): no gain
     calls_best = measured[best].calls if best else calls_plain
@@ -193,6 +281,13 @@ def calibrate_handoff(model, x: torch.Tensor, sigmas: torch.Tensor, sampler: Cal
                               sigma=levels[best] if best else None, steps=n, calls_plain=calls_plain,
                               calls_teleport=calls_best, calls_spent=counter.calls, tolerance=tolerance,
                               scale=unit, mean=mean, explained=record, plain=plain)
+
+
+def check_teleported(out: torch.Tensor, k: int) -> None:
+    if not bool(torch.isfinite(out).all()):
+        raise ValueError(f"teleport replacing {k} step{'s' if k > 1 else ''} gave NaN or Inf although every model "
+                         "output was finite: the moments are broken; check them (python -m gaussian_teleport.moments "
+                         "info FILE) or estimate them again")
 
 
 def _candidate_steps(candidates, sigmas, levels, n, param) -> list[int]:

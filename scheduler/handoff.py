@@ -18,6 +18,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
 from .parameterization import VE, Parameterization, format_sigma, parameterization as as_parameterization
@@ -36,6 +37,11 @@ class Handoff:
     def __post_init__(self):
         if self.kind not in KINDS:
             raise ValueError(f"hand-off unit must be one of {KINDS}, got {self.kind!r}")
+        if type(self.value).__name__ in ("bool", "bool_"):      # Python's and numpy's: float(True) would be 1.0
+            raise ValueError(f"hand-off {self.kind} must be a number, got {self.value!r}")
+        if isinstance(self.value, str) and "_" in self.value:   # float('5_0') is 50
+            raise ValueError(f"hand-off {self.kind} must be a plain number, got {self.value!r}: write it without "
+                             "'_' (e.g. 5.0)")
         try:
             v = float(self.value)
         except (TypeError, ValueError):
@@ -135,6 +141,22 @@ class TeleportPlan:
                 f"{self.mode}{probe}")
 
 
+def schedule_tensor(sigmas) -> torch.Tensor:
+    """Sigmas as a floating tensor: a tensor as given (integer ones converted to float64, so nothing truncates
+    them later), a list, tuple or numpy array as float64; ValueError for anything else."""
+    if isinstance(sigmas, torch.Tensor):
+        if sigmas.is_complex():
+            raise ValueError(f"sigmas must be real noise levels, got a {sigmas.dtype} tensor")
+        return sigmas if sigmas.is_floating_point() else sigmas.to(torch.float64)
+    if isinstance(sigmas, (list, tuple, np.ndarray)):
+        try:
+            return torch.as_tensor(np.asarray(sigmas, dtype=np.float64))
+        except (TypeError, ValueError):
+            raise ValueError(f"sigmas must be a list of numbers, got {sigmas!r}") from None
+    raise ValueError(f"sigmas must be a 1-D tensor (or a list or numpy array) of noise levels, got "
+                     f"{type(sigmas).__name__}")
+
+
 def check_schedule(sigmas: torch.Tensor, param: Parameterization = VE) -> int:
     """The number of steps of a valid schedule; ValueError saying what is wrong otherwise."""
     if not isinstance(sigmas, torch.Tensor) or sigmas.dim() != 1 or len(sigmas) < 2:
@@ -151,6 +173,11 @@ def check_schedule(sigmas: torch.Tensor, param: Parameterization = VE) -> int:
         raise ValueError("sigmas must not increase; restart-style schedules need their own sampler")
     if float(sigmas[0]) <= 0:
         raise ValueError("the schedule starts at σ 0: there is nothing to sample")
+    if bool((sigmas[:-1] == 0).any()):
+        first = int((sigmas == 0).nonzero()[0])
+        raise ValueError(f"sigmas[{first}] is 0 but the schedule goes on to sigmas[{len(sigmas) - 1}]: only the last "
+                         "sigma may be 0 (a step from σ 0 divides by zero). End the schedule at its first 0, or build "
+                         "it with a sigma_min above 0")
     param.check_schedule_range(sigmas)
     return len(sigmas) - 1
 
@@ -178,7 +205,7 @@ def plan_teleport(sigmas: torch.Tensor, handoff: Handoff | str, mode: str = "sav
         raise ValueError(f"schedule mode must be one of {MODES}, got {mode!r}")
     handoff = Handoff.parse(handoff)
     param = as_parameterization(parameterization)
-    sigmas = sigmas.detach().to("cpu", torch.float64)
+    sigmas = schedule_tensor(sigmas).detach().to("cpu", torch.float64)
     n = check_schedule(sigmas, param)
     s0 = float(sigmas[0])
     if param.is_flow and handoff.kind == "sigma" and handoff.value < FLOW_LOWEST_SIGMA:
@@ -232,6 +259,7 @@ def _too_far(handoff: Handoff, n: int, sigmas: torch.Tensor, param: Parameteriza
 def teleport_sigmas(sigmas: torch.Tensor, handoff: Handoff | str, mode: str = "save",
                     parameterization: Parameterization | str = VE):
     """The schedule the sampler runs after the jump, and the hand-off as a noise level (for split graphs)."""
+    sigmas = schedule_tensor(sigmas)
     plan = plan_teleport(sigmas, handoff, mode, parameterization)
     return plan.sigmas.to(sigmas.dtype), plan.noise_level_to
 

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from .handoff import MODES, Handoff
 
 MEANS = ("data", "model")
+ON_MISMATCH = ("raise", "pass")           # moments that do not fit the latent: stop, or run the sampler unchanged
 DEFAULT_HANDOFF = Handoff("sigma", 5.0)   # a noise level; about right for SD-like Karras schedules
 DEFAULT_MODE = "save"
 DEFAULT_MEAN = "model"                    # chosen from the guidance benchmark: see the README
@@ -16,6 +17,13 @@ def check_mean(mean: str) -> str:
     if mean not in MEANS:
         raise ValueError(f"teleport mean must be one of {MEANS}, got {mean!r}")
     return mean
+
+
+def check_on_mismatch(on_mismatch: str) -> str:
+    if on_mismatch not in ON_MISMATCH:
+        raise ValueError(f"on_mismatch must be one of {ON_MISMATCH} (stop, or run the sampler unchanged when the "
+                         f"moments do not fit the latent), got {on_mismatch!r}")
+    return on_mismatch
 
 
 @dataclass(frozen=True)

@@ -17,9 +17,9 @@ import torch
 from ..moments.base import GaussianMoments, MomentsError
 from ..moments.latent_formats import LatentFormat
 from .binding import ModelGaussian, bind_moments
-from .handoff import Handoff, TeleportPlan, plan_teleport
+from .handoff import Handoff, TeleportPlan, plan_teleport, schedule_tensor
 from .parameterization import Parameterization
-from .settings import DEFAULT_HANDOFF, DEFAULT_MEAN, DEFAULT_MODE, check_mean
+from .settings import DEFAULT_HANDOFF, DEFAULT_MEAN, DEFAULT_MODE, check_mean, check_on_mismatch
 
 log = logging.getLogger("gaussian_teleport")
 
@@ -34,6 +34,15 @@ def check_latent(x: torch.Tensor) -> None:
                          "not supported)")
     if not x.is_floating_point():
         raise ValueError(f"the latent must be floating point, got {x.dtype}")
+
+
+def sampler_sigmas(sigmas, x: torch.Tensor) -> torch.Tensor:
+    """The schedule as the sampler gets it: a floating tensor as given; a list, numpy array or integer tensor as a
+    float tensor on x's device (float64; float32 on MPS, which has none), so no plan is truncated to integers."""
+    if isinstance(sigmas, torch.Tensor) and sigmas.is_floating_point():
+        return sigmas
+    dtype = torch.float32 if x.device.type == "mps" else torch.float64
+    return schedule_tensor(sigmas).to(device=x.device, dtype=dtype)
 
 
 def teleport_jump(moments: GaussianMoments, x: torch.Tensor, sigma_from: float, sigma_to: float,
@@ -93,6 +102,8 @@ def sample_teleport(model, x, sigmas, extra_args=None, callback=None, disable=No
     """
     check_latent(x)
     check_mean(mean)
+    check_on_mismatch(on_mismatch)
+    sigmas = sampler_sigmas(sigmas, x)
     plan = plan_teleport(sigmas, handoff, mode, parameterization, mean=mean, no_jump=no_jump, img2img=img2img)
     gauss = None
     if plan.jumped:   # bind before anything runs, so a mismatch stops the run before any model call
@@ -126,6 +137,9 @@ def make_teleport_sampler(sampler: Callable, moments: MomentsSource, handoff: Ha
                           latent_format: LatentFormat | str | None = None,
                           on_plan: Callable[[TeleportPlan], None] | None = None, **sampler_options):
     """A k-diffusion-form function fn(model, x, sigmas, extra_args, callback, disable) with teleport."""
+    Handoff.parse(handoff)
+    check_mean(mean)
+    check_on_mismatch(sampler_options.get("on_mismatch", "raise"))
     fn = functools.partial(sample_teleport, moments=moments, sampler=sampler, handoff=handoff, mode=mode, mean=mean,
                            parameterization=parameterization, latent_format=latent_format, on_plan=on_plan,
                            **sampler_options)

@@ -1,4 +1,4 @@
-"""AUTOMATIC1111 / Forge entry point: teleport samplers in "Sampling method", and their accordion.
+"""AUTOMATIC1111 / Forge entry point: teleport samplers and the Gaussian Solver in "Sampling method", and their accordion.
 
 The webui loads this file by path. The extension folder is loaded as a package under a private name
 (see _isolation.py), so nothing here depends on sys.path; the logic lives in the ``webui`` subpackage.

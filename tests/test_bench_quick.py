@@ -93,9 +93,9 @@ def test_the_tolerance_window_names_the_safe_and_the_near_ends():
                        "step of the best.")
 
 
-def run_bench(*args, cwd):
+def run_bench(*args, cwd, env=None):
     return subprocess.run([sys.executable, "-m", "gaussian_teleport.bench.run", *args], capture_output=True,
-                          text=True, timeout=600, cwd=str(cwd))
+                          text=True, timeout=600, cwd=str(cwd), env=env)
 
 
 def committed_results():
@@ -103,14 +103,17 @@ def committed_results():
         if os.path.isdir(RESULTS) else {}
 
 
-def test_quick_benchmark_writes_to_a_new_folder_and_leaves_committed_results_alone(tmp_path):
+def test_quick_benchmark_writes_to_its_out_folder_and_leaves_committed_results_alone(tmp_path):
+    """One real quick run, kept with --out (without it the folder is removed at the end: test_defects_cli_bench)."""
     pytest.importorskip("sklearn")
     before = committed_results()
-    done = run_bench("--quick", "--no-plots", cwd=tmp_path)
+    (tmp_path / "systemp").mkdir()
+    done = run_bench("--quick", "--no-plots", "--out", str(tmp_path / "quick"), cwd=tmp_path,
+                     env={**os.environ, "TMPDIR": str(tmp_path / "systemp")})
     assert done.returncode == 0, done.stderr[-3000:]
     out = done.stdout.strip().splitlines()[-1].removeprefix("reports in ").strip()
-    assert os.path.isdir(out) and os.path.realpath(out) != os.path.realpath(RESULTS)
-    assert committed_results() == before
+    assert os.path.realpath(out) == os.path.realpath(tmp_path / "quick")
+    assert committed_results() == before and os.listdir(tmp_path / "systemp") == []
     names = os.listdir(out)
     for expect in ("summary.md", "results.json", "digits_quality.md", "digits_explained_variance.md",
                    "digits_guidance.md", "patches_quality.md", "digits_model_moments.md", "calibration.md"):

@@ -195,7 +195,7 @@ def common(seed=1, batch=2):
 
 def test_nodes_registered_with_tooltips(server):
     ours = {k: v for k, v in server.info.items() if k.startswith("GaussianTeleport")}
-    assert len(ours) == 10, sorted(ours)
+    assert len(ours) == 11, sorted(ours)
     for name, info in ours.items():
         assert info["category"] == "Gaussian Teleport"
         for group in ("required", "optional"):
@@ -203,7 +203,8 @@ def test_nodes_registered_with_tooltips(server):
                 assert spec[1].get("tooltip"), (name, inp)
     samplers = server.info["KSampler"]["input"]["required"]["sampler_name"]
     names = samplers[1]["options"] if isinstance(samplers[0], str) else samplers[0]
-    assert {"teleport_euler", "teleport_heun", "teleport_dpmpp_2m"} <= set(names)
+    assert {"teleport_euler", "teleport_heun", "teleport_dpmpp_2m", "teleport_ipndm", "gaussian_solver"} <= set(names)
+    assert names.count("gaussian_solver") == 1 and names.count("teleport_ipndm") == 1
     assert "moments" in server.get("/models")
 
 
@@ -270,6 +271,48 @@ def test_ksampler_variant_on_an_eps_model_through_http(server):
     wf["ks"]["inputs"]["model"] = ["eps", 0]
     wf["ks"]["inputs"]["sampler_name"] = "teleport_euler"
     server.run(wf, expect_error="Attach Teleport Moments")
+
+
+def test_the_gaussian_solver_through_http(server):
+    """The SAMPLER node in SamplerCustomAdvanced, the KSampler's gaussian_solver and teleport_ipndm entries, the
+    missing attachment named, and the solver refused as an inner sampler at submission."""
+    wf = common(seed=8, batch=1) | {
+        "load": {"class_type": "GaussianTeleportLoadMoments", "inputs": {"moments_file": "tiny_sd3.safetensors"}},
+        "solver": {"class_type": "GaussianTeleportSolverSampler", "inputs": {"moments": ["load", 0], "order": 3}},
+        "guider": {"class_type": "CFGGuider", "inputs": {"model": ["model", 0], "positive": ["cond", 0],
+                                                          "negative": ["cond", 0], "cfg": 2.0}},
+        "sigmas": {"class_type": "BasicScheduler", "inputs": {"model": ["model", 0], "scheduler": "simple",
+                                                              "steps": 6, "denoise": 1.0}},
+        "sample": {"class_type": "SamplerCustomAdvanced", "inputs": {
+            "noise": ["noise", 0], "guider": ["guider", 0], "sampler": ["solver", 0], "sigmas": ["sigmas", 0],
+            "latent_image": ["latent", 0]}},
+        "decode": {"class_type": "VAEDecode", "inputs": {"samples": ["sample", 0], "vae": ["vae", 0]}},
+        "out": {"class_type": "SaveImage", "inputs": {"images": ["decode", 0], "filename_prefix": "gt_solver"}},
+    }
+    assert len(server.run(wf)["outputs"]["out"]["images"]) == 1
+    ks = common(seed=9, batch=1) | {
+        "load": {"class_type": "GaussianTeleportLoadMoments", "inputs": {"moments_file": "tiny_sd3.safetensors"}},
+        "attach": {"class_type": "GaussianTeleportAttachMoments", "inputs": {
+            "model": ["model", 0], "moments": ["load", 0], "handoff_kind": "steps", "handoff_value": 2,
+            "mode": "save", "mean": "data"}},
+        "ks": {"class_type": "KSampler", "inputs": {
+            "model": ["attach", 0], "seed": 3, "steps": 6, "cfg": 1.0, "sampler_name": "gaussian_solver",
+            "scheduler": "simple", "positive": ["cond", 0], "negative": ["cond", 0], "latent_image": ["latent", 0],
+            "denoise": 1.0}},
+        "decode": {"class_type": "VAEDecode", "inputs": {"samples": ["ks", 0], "vae": ["vae", 0]}},
+        "out": {"class_type": "SaveImage", "inputs": {"images": ["decode", 0], "filename_prefix": "gt_solver_ks"}},
+    }
+    assert len(server.run(ks)["outputs"]["out"]["images"]) == 1
+    ks["ks"]["inputs"]["sampler_name"] = "teleport_ipndm"
+    assert len(server.run(ks)["outputs"]["out"]["images"]) == 1
+    assert "replacing 2 of 6 steps" in server.output()
+    ks["ks"]["inputs"].update(model=["model", 0], sampler_name="gaussian_solver")
+    server.run(ks, expect_error="'Attach Teleport Moments'")
+    wf["solver"] = {"class_type": "GaussianTeleportSampler", "inputs": {
+        "moments": ["load", 0], "sampler_name": "gaussian_solver", "handoff_kind": "sigma", "handoff_value": 5.0,
+        "mode": "save", "mean": "data"}}
+    prompt_id, refused = server.submit(wf)
+    assert prompt_id is None and "is the Gaussian solver" in refused, refused
 
 
 def test_calibrate_preview_and_sigmas_through_http(server):

@@ -19,20 +19,20 @@ STRUCTURES = ["dense", "lowrank", "stationary"]
 
 @pytest.fixture(params=STRUCTURES)
 def moments(request):
-    return estimate_moments([correlated_latents(60, (2, 4, 3), seed=1)], request.param, rank=5,
-                            latent_format="SD15")
+    return estimate_moments([correlated_latents(60, (4, 2, 3), seed=1)], request.param, rank=5,
+                            latent_format="SD15")   # SD15 latents have 4 channels
 
 
 def test_round_trip_keeps_tensors_and_metadata(moments, tmp_path):
     path = save_moments(moments, tmp_path / "m.safetensors", metadata={"source": "unit test"})
     back = load_moments(path)
-    assert type(back) is type(moments) and back.latent_shape == (2, 4, 3)
+    assert type(back) is type(moments) and back.latent_shape == (4, 2, 3)
     assert (back.count, back.space, back.latent_format, back.rank) == (60, "raw", "SD15", moments.rank)
     assert back.metadata["source"] == "unit test" and back.metadata["estimator"]
     for a, b in zip(dense_covariance(moments), dense_covariance(back)):
         np.testing.assert_array_equal(a, b)
     meta = read_header(path)["__metadata__"]
-    assert meta["structure"] == moments.structure and meta["latent_shape"] == "2,4,3"
+    assert meta["structure"] == moments.structure and meta["latent_shape"] == "4,2,3"
     assert meta["format_version"] == "1" and meta["dtype"] == "float32"
 
 

@@ -84,13 +84,14 @@ def test_demo_runs_and_reports_the_calls_it_made(tmp_path):
     assert 0 < r["paired_rmse"] < r["unpaired_rmse"]
     assert "model calls: 15 plain → 10 with teleport" in demo.summary_text(r)
     data = demo.main(["--seeds", "0-5", "--sampler", "heun", "--steps", "8", "--handoff", "steps:3", "--mean", "data",
-                      "--out", str(out), "--quiet"])
+                      "--out", str(out), "--overwrite", "--quiet"])
     assert data["calls_teleport"] == 9 and "mean from the data" in demo.summary_text(data)
 
 
-def test_demo_with_guidance_and_a_bad_request(tmp_path):
+def test_demo_with_guidance_and_a_bad_request(tmp_path, capsys):
     r = demo.main(["--seeds", "0-3", "--sampler", "euler", "--steps", "6", "--label", "7", "--cfg", "2",
                    "--out", str(tmp_path / "g.png"), "--quiet"])
     assert r["calls_teleport"] < r["calls_plain"]
-    with pytest.raises(ValueError, match="unconditional"):
+    with pytest.raises(SystemExit) as stop:
         demo.main(["--model", "patches", "--cfg", "2", "--out", str(tmp_path / "p.png"), "--quiet"])
+    assert stop.value.code == 2 and "unconditional" in capsys.readouterr().err

@@ -112,7 +112,10 @@ def test_a_calibration_run_returns_the_plain_images():
     images, info = txt2img(args=teleport(calibrate=True), batch=3, steps=12)
     plain, _ = txt2img(sampler="Euler", batch=3, steps=12)
     assert [pixels(i) for i in images[-3:]] == [pixels(i) for i in plain[-3:]]
-    assert "Teleport calibration:" in info["infotexts"][0] and "steps replaced" in info["infotexts"][0]
+    text = info["infotexts"][0]
+    # Any checkpoint: the calibration either recommends a hand-off or says not to teleport, and says why.
+    assert "Teleport calibration:" in text, text
+    assert re.search(r"Teleport calibration: \"?(hand-off σ [0-9.]+: \d+ of 12 steps replaced|do not teleport)", text), text
 
 
 @pytest.mark.skipif(not LOG, reason="set GT_WEBUI_LOG to the server's console log to read its progress bar")
@@ -127,3 +130,30 @@ def test_the_console_progress_bar_ends_at_its_total():
     assert totals, tail[-2000:]
     done, total = totals[-1]
     assert done == total == "30", totals[-3:]
+
+
+def test_the_gaussian_solver_and_ipndm_entries():
+    names = {s["name"] for s in call("/sdapi/v1/samplers")}
+    assert {"Gaussian Solver", "iPNDM Teleport", "iPNDM"} <= names
+    images, info = txt2img(sampler="Gaussian Solver", args=teleport() + [2], steps=8)
+    text = info["infotexts"][0]
+    assert "Sampler: Gaussian Solver" in text and f"Teleport moments: {MOMENTS}" in text, text
+    assert "Gaussian solver order: 2" in text and 'Teleport: "' not in text, text
+    again, _ = txt2img(sampler="Gaussian Solver", args=teleport(enabled=False) + [2], steps=8)
+    assert pixels(again[0]) == pixels(images[0])             # the switch is for the teleport samplers only
+    _, info = txt2img(sampler="iPNDM Teleport", args=teleport(), steps=8)
+    assert re.search(r"Teleport result: \"σ 14\.61→[\d.]+, \d+/8 steps replaced", info["infotexts"][0]), info
+    off, _ = txt2img(sampler="iPNDM Teleport", args=teleport(enabled=False), steps=8)
+    plain, _ = txt2img(sampler="iPNDM", steps=8)
+    assert pixels(off[0]) == pixels(plain[0])
+
+
+def test_the_solver_order_axis_in_api_mode():
+    info = call("/sdapi/v1/script-info")
+    xyz = next(s for s in info if s["name"] == "x/y/z plot" and not s["is_img2img"])
+    choices = next(a["choices"] for a in xyz["args"] if a["label"] == "X type")
+    index = choices.index("[Gaussian Solver] Order")
+    args = [index, "", ["1", "3"], 0, "", "", 0, "", "", True, False, False, False, False, False, False, 0, False]
+    _, info = txt2img(sampler="Gaussian Solver", args=teleport(), steps=6, script_name="x/y/z plot", script_args=args)
+    assert any("Gaussian solver order: 1" in t for t in info["infotexts"]), info["infotexts"]
+    assert any("Gaussian solver order: 3" in t for t in info["infotexts"]), info["infotexts"]

@@ -290,7 +290,7 @@ def test_samplers_are_registered_once_in_the_dropdown_lists(monkeypatch, tmp_pat
     load_script()
     load_script()                                             # Reload UI runs the script again
     names = [s.name for s in sd.all_samplers]
-    expected = ["Euler Teleport", "Heun Teleport", "DPM++ 2M Teleport"]
+    expected = ["Euler Teleport", "Heun Teleport", "DPM++ 2M Teleport", "iPNDM Teleport", "Gaussian Solver", "iPNDM"]
     for name in expected:
         assert names.count(name) == 1
         assert name in sd.visible_sampler_names()             # txt2img dropdown
@@ -356,7 +356,8 @@ def test_xyz_axes_exist_before_any_ui_callback(monkeypatch, tmp_path):
     host.scripts.scripts_data.append(types.SimpleNamespace(script_class=script_class, module=xyz))
     load_script()
     labels = [a.label for a in xyz.axis_options]
-    assert labels == ["Seed", "[Teleport] Hand-off", "[Teleport] Moments file", "[Teleport] Mean"]
+    assert labels == ["Seed", "[Teleport] Hand-off", "[Teleport] Moments file", "[Teleport] Mean",
+                      "[Gaussian Solver] Order"]
     for callback in host.callbacks["before_ui"]:
         callback()                                    # the UI's own callback adds nothing twice
     assert [a.label for a in xyz.axis_options] == labels

@@ -215,6 +215,33 @@ def test_wrapper_around_the_hosts_sampler_functions(real_host, tmp_path, base):
     assert f"{k}/10 steps replaced" in p.extra_generation_params["Teleport result"]
 
 
+def test_the_gaussian_solver_and_ipndm_entries_with_the_hosts_sd_samplers(real_host, tmp_path):
+    """Registered once through the host's own sd_samplers.py; the solver is the Gaussian flow on a Gaussian model."""
+    from gaussian_teleport.scheduler.multistep import sample_ipndm
+    path = write_moments(tmp_path / "models" / "moments", "sd15.safetensors", SHAPE)
+    mean, cov, _ = model_space_gaussian(path, "SD15")
+    model = hosts.SDModel(mean=mean, cov=cov, flow=False, is_sdxl=False, is_sd3=False)
+    load_with_real_script_loading()
+    load_with_real_script_loading()                     # Reload UI
+    sd = real_host.sd_samplers
+    names = [s.name for s in sd.all_samplers]
+    host_ipndm = "iPNDM" in [row[0] for row in real_table()[0]]
+    for name in ("Gaussian Solver", "iPNDM Teleport", "iPNDM"):
+        assert names.count(name) == 1
+        assert sd.get_sampler_and_scheduler(name, "Automatic")[0] == name
+        assert sd.find_sampler_config(name).name == name
+    assert sd.create_sampler("iPNDM Teleport", model).func.__wrapped__ is sample_ipndm
+    assert (sd.create_sampler("iPNDM", model).func is sample_ipndm) != host_ipndm
+    noise = noise_like(SHAPE)
+    p = processing()
+    out = sd.create_sampler("Gaussian Solver", model).sample(p, noise, SD_SIGMAS)
+    x_last = gaussian_flow_ref(mean, cov, noise * SD_SIGMAS[0], float(SD_SIGMAS[0]), float(SD_SIGMAS[-2]), flow=False)
+    reference = model.make_denoiser()(x_last, SD_SIGMAS[-2:-1].expand(noise.shape[0]), cond=0, uncond=0,
+                                      cond_scale=7.0, image_cond=None, s_min_uncond=0.0)
+    torch.testing.assert_close(out, reference, rtol=1e-9, atol=1e-9)
+    assert p.extra_generation_params["Gaussian solver order"] == 3
+
+
 def test_xyz_axes_with_the_hosts_axis_option(tmp_path):
     from gaussian_teleport.webui import add_xyz_axes
     ns = host_definitions(host_file("scripts", "xyz_grid.py"), {"format_value_add_label", "AxisOption"}, {})

@@ -8,7 +8,7 @@ import types
 import pytest
 
 from gaussian_teleport.scheduler import Handoff
-from gaussian_teleport.webui import (OPTIONS, XYZ_HANDOFF, XYZ_MEAN, XYZ_MOMENTS, TeleportRequest,
+from gaussian_teleport.webui import (OPTIONS, XYZ_HANDOFF, XYZ_MEAN, XYZ_MOMENTS, XYZ_ORDER, TeleportRequest,
                                      add_settings, add_xyz_axes, attach, build_controls, find_xyz_module,
                                      infotext_readers, request_from_infotext)
 from test_webui_hosts import Opts, OptionInfo
@@ -23,7 +23,7 @@ class Component:
 @pytest.fixture
 def gradio(monkeypatch):
     gr = types.ModuleType("gradio")
-    for name in ("Checkbox", "Dropdown", "Number", "Radio", "Markdown"):
+    for name in ("Checkbox", "Dropdown", "Number", "Radio", "Markdown", "Slider"):
         setattr(gr, name, type(name, (Component,), {}))
 
     class Button(Component):
@@ -70,17 +70,19 @@ def test_controls_default_from_settings_and_list_files(gradio, tmp_path):
     defaults = TeleportRequest.from_controls(False, "sdxl/b.safetensors", "steps", 3, "same_budget", "data")
     script = Script()
     controls = build_controls(script, defaults, str(folder), ui_components=ui_components, ui_common=ui_common)
-    enabled, moments, kind, value, mode, mean, calibrate = controls
+    enabled, moments, kind, value, mode, mean, calibrate, order = controls
     assert isinstance(enabled, InputAccordion) and enabled.value is False
     assert moments.kwargs["choices"] == ["None", "From the model", "sd15.safetensors", "sdxl/b.safetensors"]
     assert (moments.value, kind.value, value.value, mode.value, mean.value, calibrate.value) == (
         "sdxl/b.safetensors", "steps", 3.0, "same_budget", "data", False)
+    assert order.value == 3 and (order.kwargs["minimum"], order.kwargs["maximum"], order.kwargs["step"]) == (1, 4, 1)
     assert value.kwargs["step"] == 0.01                                    # fractions below 1 are typeable
     (component, _, refreshed_args, _), = refresh
     (folder / "new.safetensors").write_bytes(b"")
     assert component is moments and "new.safetensors" in refreshed_args()["choices"]
     assert [c for c, _ in script.infotext_fields] == controls
-    assert script.paste_field_names == ["Teleport", "Teleport moments", "Teleport mode", "Teleport mean"]
+    assert script.paste_field_names == ["Teleport", "Teleport moments", "Teleport mode", "Teleport mean",
+                                        "Gaussian solver order"]
 
 
 def test_the_use_button_fills_in_the_last_calibration(gradio, tmp_path, monkeypatch):
@@ -167,8 +169,8 @@ def test_xyz_axes(tmp_path):
     add_xyz_axes(xyz, str(tmp_path))
     add_xyz_axes(xyz, str(tmp_path))                      # Reload UI
     labels = [a.label for a in xyz.axis_options]
-    assert labels == ["Seed", XYZ_HANDOFF, XYZ_MOMENTS, XYZ_MEAN]
-    handoff, moments, mean = xyz.axis_options[1:]
+    assert labels == ["Seed", XYZ_HANDOFF, XYZ_MOMENTS, XYZ_MEAN, XYZ_ORDER]
+    handoff, moments, mean, _ = xyz.axis_options[1:]
     handoff.confirm(None, ["sigma:3", "6", "steps:2", "fraction:0.2"])
     with pytest.raises(ValueError, match="'sigma:5'"):
         handoff.confirm(None, ["sigma:3", "soon"])

@@ -1,4 +1,5 @@
-"""AUTOMATIC1111 / Forge adapters: teleport samplers in the sampler list, their controls and infotext.
+"""AUTOMATIC1111 / Forge adapters: teleport samplers and the Gaussian Solver in the sampler list, their controls
+and infotext.
 
 Importing this package needs no webui; the functions take the host modules they use as arguments.
 """
@@ -8,13 +9,15 @@ if "." not in __name__:  # found as a top-level module on a host's sys.path: not
     _runpy.run_path(_os.path.join(_os.path.dirname(__file__), _os.pardir, "_isolation.py"))["defer"](globals())
 
 from .model_facts import checkpoint_key, latent_format_of, parameterization_of
-from .request import (FROM_MODEL, KEY_CALIBRATION, KEY_HANDOFF, KEY_HIRES_RESULT, KEY_MEAN, KEY_MODE, KEY_MOMENTS,
-                      KEY_RESULT, NO_MOMENTS, OPTIONS, TeleportRequest, parse_handoff, request_from_infotext)
-from .samplers import (BASE_SAMPLERS, FILES, FROM_MODEL_FOLDER, LAST_CALIBRATION, make_host_sampler_function,
+from .request import (DEFAULT_ORDER, FROM_MODEL, KEY_CALIBRATION, KEY_HANDOFF, KEY_HIRES_RESULT, KEY_MEAN, KEY_MODE,
+                      KEY_MOMENTS, KEY_ORDER, KEY_RESULT, NO_MOMENTS, OPTIONS, TeleportRequest, check_order,
+                      parse_handoff, request_from_infotext)
+from .samplers import (BASE_SAMPLERS, CORE_SAMPLERS, FILES, FROM_MODEL_FOLDER, IPNDM_LABEL, LAST_CALIBRATION,
+                       SOLVER_LABEL, core_sampler_data, make_host_sampler_function, make_solver_function,
                        moments_folder, register_samplers, request_for, resolve_moments_file, teleport_name,
                        teleport_sampler_data)
-from .ui import (TITLE, XYZ_HANDOFF, XYZ_MEAN, XYZ_MOMENTS, add_settings, add_xyz_axes, attach, build_controls,
-                 find_xyz_module, infotext_readers, last_calibration, moments_choices)
+from .ui import (TITLE, XYZ_HANDOFF, XYZ_MEAN, XYZ_MOMENTS, XYZ_ORDER, add_settings, add_xyz_axes, attach,
+                 build_controls, find_xyz_module, infotext_readers, last_calibration, moments_choices)
 
 
 def host_settings_source(shared, models_path: str):
@@ -25,10 +28,13 @@ def host_settings_source(shared, models_path: str):
 
 __all__ = [
     "checkpoint_key", "latent_format_of", "parameterization_of",
-    "FROM_MODEL", "KEY_CALIBRATION", "KEY_HANDOFF", "KEY_HIRES_RESULT", "KEY_MEAN", "KEY_MODE", "KEY_MOMENTS",
-    "KEY_RESULT", "NO_MOMENTS", "OPTIONS", "TeleportRequest", "parse_handoff", "request_from_infotext",
-    "BASE_SAMPLERS", "FILES", "FROM_MODEL_FOLDER", "LAST_CALIBRATION", "make_host_sampler_function", "moments_folder",
+    "DEFAULT_ORDER", "FROM_MODEL", "KEY_CALIBRATION", "KEY_HANDOFF", "KEY_HIRES_RESULT", "KEY_MEAN", "KEY_MODE",
+    "KEY_MOMENTS", "KEY_ORDER", "KEY_RESULT", "NO_MOMENTS", "OPTIONS", "TeleportRequest", "check_order",
+    "parse_handoff", "request_from_infotext",
+    "BASE_SAMPLERS", "CORE_SAMPLERS", "FILES", "FROM_MODEL_FOLDER", "IPNDM_LABEL", "LAST_CALIBRATION", "SOLVER_LABEL",
+    "core_sampler_data", "make_host_sampler_function", "make_solver_function", "moments_folder",
     "register_samplers", "request_for", "resolve_moments_file", "teleport_name", "teleport_sampler_data",
-    "TITLE", "XYZ_HANDOFF", "XYZ_MEAN", "XYZ_MOMENTS", "add_settings", "add_xyz_axes", "attach", "build_controls",
+    "TITLE", "XYZ_HANDOFF", "XYZ_MEAN", "XYZ_MOMENTS", "XYZ_ORDER", "add_settings", "add_xyz_axes", "attach",
+    "build_controls",
     "find_xyz_module", "infotext_readers", "last_calibration", "moments_choices", "host_settings_source",
 ]

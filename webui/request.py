@@ -1,6 +1,7 @@
 """What one A1111/Forge generation asks of the teleport samplers, and how it is written to and read back
 from the image's infotext. Host-free: the script fills a request from its controls and attaches it to
-the processing object; the teleport settings themselves (hand-off, mode, mean) are the core's."""
+the processing object; the teleport settings themselves (hand-off, mode, mean) are the core's. The
+Gaussian Solver sampler reads the moments and its order from the same request."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ from dataclasses import dataclass, field, replace
 
 from ..scheduler.handoff import Handoff
 from ..scheduler.settings import DEFAULT_HANDOFF, DEFAULT_MEAN, DEFAULT_MODE, TeleportSettings
+from ..scheduler.solver import check_options
 
 NO_MOMENTS = "None"
 FROM_MODEL = "From the model"      # moments read off the loaded checkpoint, computed once and cached as a file
@@ -21,6 +23,10 @@ LEGACY_MEAN = "data"                # what those images jumped with
 KEY_RESULT = "Teleport result"      # what the first pass did
 KEY_HIRES_RESULT = "Hires teleport result"
 KEY_CALIBRATION = "Teleport calibration"
+KEY_ORDER = "Gaussian solver order"  # written by the Gaussian Solver sampler, with KEY_MOMENTS
+
+DEFAULT_ORDER = 3                   # the Gaussian solver's order (the core's default)
+ORDERS = (1, 2, 3, 4)
 
 ATTRIBUTE = "gaussian_teleport"     # where the request rides on the processing object p
 
@@ -33,7 +39,20 @@ OPTIONS = {
     "gaussian_teleport_mode": (DEFAULT_MODE, "Default schedule mode"),
     "gaussian_teleport_mean": (DEFAULT_MEAN, "Default mean (model: prompt-aware, one extra model call)"),
     "gaussian_teleport_keep_loaded": (True, "Keep the last moments file in memory between generations"),
+    "gaussian_teleport_solver_order": (DEFAULT_ORDER, "Default order of the Gaussian Solver sampler (1–4)"),
 }
+
+
+def check_order(order) -> int:
+    """The Gaussian solver's order as a whole number from 1 to 4 (text and 3.0 accepted); ValueError otherwise."""
+    value = order
+    if isinstance(order, str):
+        value = order.strip()
+        value = int(value) if value.isdigit() else value
+    elif isinstance(order, float) and order.is_integer():
+        value = int(order)
+    check_options(value, "noise", "log", "data")
+    return value
 
 
 @dataclass(frozen=True)
@@ -44,11 +63,14 @@ class TeleportRequest:
     moments: str = NO_MOMENTS
     settings: TeleportSettings = field(default_factory=TeleportSettings)
     calibrate: bool = False
+    order: int = DEFAULT_ORDER          # the Gaussian Solver sampler's; teleport samplers ignore it
 
     @classmethod
-    def from_controls(cls, enabled, moments, kind, value, mode, mean=DEFAULT_MEAN, calibrate=False) -> "TeleportRequest":
+    def from_controls(cls, enabled, moments, kind, value, mode, mean=DEFAULT_MEAN, calibrate=False,
+                      order=None) -> "TeleportRequest":
         return cls(bool(enabled), str(moments or NO_MOMENTS),
-                   TeleportSettings.from_values(str(kind), value, str(mode), str(mean or DEFAULT_MEAN)), bool(calibrate))
+                   TeleportSettings.from_values(str(kind), value, str(mode), str(mean or DEFAULT_MEAN)),
+                   bool(calibrate), check_order(DEFAULT_ORDER if order is None else order))
 
     @classmethod
     def from_options(cls, opts) -> "TeleportRequest":
@@ -56,7 +78,8 @@ class TeleportRequest:
         get = lambda key: getattr(opts, key, OPTIONS[key][0])  # noqa: E731
         return cls.from_controls(get("gaussian_teleport_enabled"), get("gaussian_teleport_moments"),
                                  get("gaussian_teleport_handoff_kind"), get("gaussian_teleport_handoff_value"),
-                                 get("gaussian_teleport_mode"), get("gaussian_teleport_mean"))
+                                 get("gaussian_teleport_mode"), get("gaussian_teleport_mean"),
+                                 order=get("gaussian_teleport_solver_order"))
 
     def with_settings(self, **changes) -> "TeleportRequest":
         return replace(self, settings=replace(self.settings, **changes))
@@ -69,6 +92,10 @@ class TeleportRequest:
         if self.settings.mode != DEFAULT_MODE:
             params[KEY_MODE] = self.settings.mode
         return params
+
+    def solver_infotext(self) -> dict:
+        """Generation parameters for a run of the Gaussian Solver sampler (no hand-off: the moments and order)."""
+        return {KEY_MOMENTS: self.moments, KEY_ORDER: self.order}
 
 
 def parse_handoff(text) -> Handoff:
@@ -87,13 +114,18 @@ def request_from_infotext(params: dict, defaults: TeleportRequest) -> TeleportRe
     """The request an image was made with, or None if its infotext has no teleport entry.
 
     Images made before the mean option existed carry no ``Teleport mean``: they jumped with the data's
-    mean, so that is what they restore to.
+    mean, so that is what they restore to. An image made by the Gaussian Solver sampler alone (no
+    ``Teleport`` entry) restores its moments and order onto ``defaults``.
     """
     text = params.get(KEY_HANDOFF)
     if text is None:
-        return None
+        if KEY_ORDER not in params:
+            return None
+        return replace(defaults, moments=str(params.get(KEY_MOMENTS, defaults.moments)),
+                       order=check_order(params[KEY_ORDER]))
     if str(text).strip() == "off":
         return replace(defaults, enabled=False)
     settings = TeleportSettings(parse_handoff(text), str(params.get(KEY_MODE, DEFAULT_MODE)),
                                 str(params.get(KEY_MEAN, LEGACY_MEAN)))
-    return TeleportRequest(True, str(params.get(KEY_MOMENTS, defaults.moments)), settings)
+    order = check_order(params[KEY_ORDER]) if KEY_ORDER in params else defaults.order
+    return TeleportRequest(True, str(params.get(KEY_MOMENTS, defaults.moments)), settings, order=order)

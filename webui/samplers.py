@@ -6,6 +6,10 @@ scaled to sigmas[0], a CFG-wrapped denoiser over VE sigmas (or over t for Forge'
 options chosen by inspecting fn's signature. The wrapper keeps the host function's signature, so the
 host passes the same options (s_churn, …) it would pass to the plain sampler. Everything a run does is
 the core's ``sample_teleport``; this module adapts the host's counters, progress bar and files to it.
+
+Three more entries come from the core rather than the host: "Gaussian Solver" (``sample_gaussian`` with
+the accordion's moments; no hand-off), "iPNDM Teleport" (teleport, then the core's ``sample_ipndm``) and
+plain "iPNDM" (the core's, only where the host has no sampler of that name).
 """
 
 from __future__ import annotations
@@ -24,10 +28,19 @@ from ..moments.files import (EXTENSION, MOMENTS_FOLDER, MomentsFiles, contained_
 from ..moments.from_model import estimate_moments_from_model
 from ..scheduler.calibrate import calibrate_handoff
 from ..scheduler.handoff import TeleportPlan
+from ..scheduler.multistep import sample_ipndm
+from ..scheduler.solver import make_gaussian_sampler
 from ..scheduler.teleport import sample_teleport
 from .model_facts import checkpoint_key, latent_format_of, parameterization_of
 from .request import (ATTRIBUTE, FROM_MODEL, KEY_CALIBRATION, KEY_HIRES_RESULT, KEY_RESULT, NO_MOMENTS,
                       TeleportRequest)
+
+SOLVER_LABEL = "Gaussian Solver"
+IPNDM_LABEL = "iPNDM"
+# (label, core function, aliases, options) of the entries the core provides; options as DPM++ 2M's (multistep)
+CORE_SAMPLERS = {IPNDM_LABEL: (sample_ipndm, ["k_ipndm"], {"scheduler": "karras"})}
+SOLVER_OPTIONS = {"scheduler": "karras", "gaussian_solver": True}
+OURS = ("teleport", "gaussian_solver", "gaussian_teleport")    # option keys that mark this extension's entries
 
 log = logging.getLogger("gaussian_teleport")
 
@@ -69,12 +82,12 @@ def record(p, request: TeleportRequest, result: str | None, key: str | None = No
         params[key or (KEY_HIRES_RESULT if getattr(p, "is_hr_pass", False) else KEY_RESULT)] = result
 
 
-def resolve_moments_file(folder: str, name: str) -> str:
+def resolve_moments_file(folder: str, name: str, selected: str = "a teleport sampler",
+                         other: str = "a sampler without 'Teleport'") -> str:
     """The path of a file listed in the moments dropdown; errors name the folder and the fix."""
     if not name or name == NO_MOMENTS:
-        raise MomentsError("a teleport sampler is selected but no moments file is chosen: pick one in the Gaussian "
-                           f"Teleport accordion (files go in {folder}), choose '{FROM_MODEL}', or choose a sampler "
-                           "without 'Teleport'")
+        raise MomentsError(f"{selected} is selected but no moments file is chosen: pick one in the Gaussian "
+                           f"Teleport accordion (files go in {folder}), choose '{FROM_MODEL}', or choose {other}")
     try:
         path = contained_path(folder, name)
     except ValueError:
@@ -146,12 +159,7 @@ def make_host_sampler_function(base_fn, sd_model, *, calls_per_step: int = 1, op
         used = {}
 
         def moments():
-            if request.moments == FROM_MODEL:
-                found, used["file"] = model_moments(model, x, extra_args, sd_model, param, fmt, models_folder)
-                return found
-            keep = bool(getattr(opts, "gaussian_teleport_keep_loaded", True))
-            path = resolve_moments_file(models_folder, request.moments)
-            return FILES.load(path) if keep else load_moments(path)
+            return request_moments(request, model, x, extra_args, sd_model, param, fmt, opts, models_folder, used)
 
         if request.calibrate:
             return calibrate(model, x, sigmas, extra_args, base_fn, moments(), request, p, param, fmt, sampler_label,
@@ -182,6 +190,47 @@ def make_host_sampler_function(base_fn, sd_model, *, calls_per_step: int = 1, op
 
     teleport_sampler.__signature__ = inspect.signature(base_fn)
     return teleport_sampler
+
+
+def request_moments(request, model, x, extra_args, sd_model, param, fmt, opts, folder, used, **who):
+    """The moments the accordion chose: read off the model (cached file; its name goes in ``used``) or a file."""
+    if request.moments == FROM_MODEL:
+        found, used["file"] = model_moments(model, x, extra_args, sd_model, param, fmt, folder)
+        return found
+    keep = bool(getattr(opts, "gaussian_teleport_keep_loaded", True))
+    path = resolve_moments_file(folder, request.moments, **who)
+    return FILES.load(path) if keep else load_moments(path)
+
+
+def make_solver_function(sd_model, *, opts=None, models_folder=None):
+    """The Gaussian Solver entry's function: the core's solver with the accordion's moments and order.
+
+    It has no plain form and no hand-off, so the accordion's switch, hand-off, schedule and mean do not
+    apply; it calls the model once per step, so the host's counters and progress bar run as usual.
+    """
+
+    def gaussian_solver(model, x, sigmas, extra_args=None, callback=None, disable=None):
+        p = getattr(model, "p", None)
+        request = request_for(p, opts)
+        if request.calibrate:
+            raise ValueError("calibration measures a teleport hand-off, and the Gaussian Solver has none: untick "
+                             "'Calibrate on the next generation', or pick a Teleport sampler to calibrate")
+        param, fmt = parameterization_of(model, sd_model), latent_format_of(sd_model)
+        moments = request_moments(request, model, x, extra_args, sd_model, param, fmt, opts, models_folder, {},
+                                  selected=f"the {SOLVER_LABEL} sampler", other="another sampler")
+        params = getattr(p, "extra_generation_params", None)
+        if params is not None:
+            params.update(request.solver_infotext())
+        fn = make_gaussian_sampler(moments, request.order, latent_format=fmt, parameterization=param)
+        try:
+            return fn(model, x, sigmas, extra_args, callback, disable)
+        except MomentsError as exc:
+            if not getattr(p, "is_hr_pass", False):
+                raise
+            raise MomentsError(f"{exc} (in the hires pass, at the upscaled size: choose '{FROM_MODEL}' or moments that "
+                               f"fit it, or another hires sampler)") from exc
+
+    return gaussian_solver
 
 
 def progress_callback(callback, plans):
@@ -236,21 +285,46 @@ def base_sampler_entries(kdiffusion) -> dict:
     return entries
 
 
-def make_constructor(kdiffusion, label: str, funcname: str, options: dict, settings_source):
+def make_constructor(kdiffusion, label: str, funcname, options: dict, settings_source):
     """The SamplerData constructor: the host's KDiffusionSampler around the wrapped function.
 
-    ``settings_source`` is a callable returning (opts, models_folder) at construction time.
+    ``funcname``: the host's k-diffusion function name, or a core function. ``settings_source`` is a
+    callable returning (opts, models_folder) at construction time.
     """
     calls_per_step = 2 if options.get("second_order", False) else 1
 
     def constructor(sd_model):
-        base_fn = getattr(kdiffusion.k_diffusion.sampling, funcname)
+        base_fn = funcname if callable(funcname) else getattr(kdiffusion.k_diffusion.sampling, funcname)
         opts, folder = settings_source()
         fn = make_host_sampler_function(base_fn, sd_model, calls_per_step=calls_per_step, opts=opts,
                                         models_folder=folder, sampler_label=label)
         sampler = kdiffusion.KDiffusionSampler(fn, sd_model)
         # The host looks its extra options up by function name; use the plain sampler's list.
-        sampler.extra_params = kdiffusion.sampler_extra_params.get(funcname, [])
+        sampler.extra_params = kdiffusion.sampler_extra_params.get(funcname, []) if isinstance(funcname, str) else []
+        return sampler
+
+    return constructor
+
+
+def make_core_constructor(kdiffusion, function):
+    """The SamplerData constructor of a plain core sampler: the host's KDiffusionSampler around it."""
+
+    def constructor(sd_model):
+        sampler = kdiffusion.KDiffusionSampler(function, sd_model)
+        sampler.extra_params = []
+        return sampler
+
+    return constructor
+
+
+def make_solver_constructor(kdiffusion, settings_source):
+    """The Gaussian Solver's SamplerData constructor."""
+
+    def constructor(sd_model):
+        opts, folder = settings_source()
+        sampler = kdiffusion.KDiffusionSampler(make_solver_function(sd_model, opts=opts, models_folder=folder),
+                                               sd_model)
+        sampler.extra_params = []
         return sampler
 
     return constructor
@@ -267,20 +341,50 @@ def teleport_sampler_data(sd_samplers_common, kdiffusion, settings_source) -> li
                                                    make_constructor(kdiffusion, label, funcname, options,
                                                                     settings_source),
                                                    alias, {**options, "teleport": True}))
+    for label, (function, aliases, options) in CORE_SAMPLERS.items():
+        alias = [a + "_teleport" for a in aliases[:1]]
+        data.append(sd_samplers_common.SamplerData(teleport_name(label),
+                                                   make_constructor(kdiffusion, label, function, options,
+                                                                    settings_source),
+                                                   alias, {**options, "teleport": True}))
     return data
 
 
+def core_sampler_data(sd_samplers_common, kdiffusion, settings_source) -> list:
+    """SamplerData entries of the core's own samplers: the Gaussian Solver and the plain ones (iPNDM)."""
+    data = [sd_samplers_common.SamplerData(SOLVER_LABEL, make_solver_constructor(kdiffusion, settings_source),
+                                           ["gaussian_solver"], dict(SOLVER_OPTIONS))]
+    for label, (function, aliases, options) in CORE_SAMPLERS.items():
+        data.append(sd_samplers_common.SamplerData(label, make_core_constructor(kdiffusion, function), list(aliases),
+                                                   {**options, "gaussian_teleport": True}))
+    return data
+
+
+def listed(sd_samplers, name: str):
+    """None if no sampler of this name (or of a name or alias differing in case only) is listed, else whether the
+    listed one is this extension's (registered by an earlier load: Reload UI)."""
+    data = sd_samplers.all_samplers_map.get(name)
+    if data is not None:
+        return any(getattr(data, "options", {}).get(key) for key in OURS)
+    return None if getattr(sd_samplers, "samplers_map", {}).get(name.lower()) is None else False
+
+
 def register_samplers(sd_samplers, sd_samplers_common, kdiffusion, settings_source) -> list[str]:
-    """Add the teleport samplers once; calling again (Reload UI) changes nothing. Returns their names.
+    """Add the teleport samplers and the core's (Gaussian Solver; iPNDM where the host has none) once; calling
+    again (Reload UI) changes nothing. Returns the names of this extension's entries in the list.
 
     Forge has ``add_sampler`` (it rebuilds its name map and lists); A1111 is extended through its
     ``all_samplers`` list and ``all_samplers_map`` in place, then ``set_samplers()``.
     """
     names = []
-    for data in teleport_sampler_data(sd_samplers_common, kdiffusion, settings_source):
-        names.append(data.name)
-        if data.name in sd_samplers.all_samplers_map:
+    for data in [*teleport_sampler_data(sd_samplers_common, kdiffusion, settings_source),
+                 *core_sampler_data(sd_samplers_common, kdiffusion, settings_source)]:
+        ours = listed(sd_samplers, data.name)
+        if ours is not None:
+            if ours:
+                names.append(data.name)
             continue
+        names.append(data.name)
         if hasattr(sd_samplers, "add_sampler"):
             sd_samplers.add_sampler(data)
         else:

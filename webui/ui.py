@@ -11,8 +11,8 @@ from dataclasses import replace
 from ..moments.files import list_moments_files
 from ..scheduler.handoff import KINDS, MODES
 from ..scheduler.settings import DEFAULT_MODE, MEANS, check_mean
-from .request import (ATTRIBUTE, FROM_MODEL, KEY_HANDOFF, KEY_MEAN, KEY_MODE, KEY_MOMENTS, LEGACY_MEAN, NO_MOMENTS,
-                      OPTIONS, TeleportRequest, parse_handoff)
+from .request import (ATTRIBUTE, DEFAULT_ORDER, FROM_MODEL, KEY_HANDOFF, KEY_MEAN, KEY_MODE, KEY_MOMENTS, KEY_ORDER,
+                      LEGACY_MEAN, NO_MOMENTS, OPTIONS, ORDERS, TeleportRequest, check_order, parse_handoff)
 from .samplers import FROM_MODEL_FOLDER, LAST_CALIBRATION
 
 TITLE = "Gaussian Teleport"
@@ -21,10 +21,12 @@ OVERRIDES = "gaussian_teleport_overrides"     # per-image X/Y/Z values on the pr
 XYZ_HANDOFF = "[Teleport] Hand-off"
 XYZ_MOMENTS = "[Teleport] Moments file"
 XYZ_MEAN = "[Teleport] Mean"
+XYZ_ORDER = "[Gaussian Solver] Order"
 
 HELP = {
     "accordion": "Teleport samplers ('Euler Teleport', …) replace the first, high-noise steps by one closed-form "
-                 "jump. Off: they run exactly as their plain sampler.",
+                 "jump. Off: they run exactly as their plain sampler. The 'Gaussian Solver' sampler uses the moments "
+                 "chosen here at every step (switch on or off) and the order below; it has no hand-off.",
     "moments": f"Gaussian moments of this model family's latents: a .safetensors file in models/moments, or "
                f"'{FROM_MODEL}' (read off the loaded checkpoint once, no images needed; cached per checkpoint and "
                "size).",
@@ -38,6 +40,9 @@ HELP = {
             "included); data: the moments' own mean (ignores the prompt).",
     "calibrate": "Calibrate on the next generation (batch size 2–8): it returns the plain images, measures how much "
                  "teleport would change them from each hand-off and recommends one; then press 'Use'.",
+    "order": "Gaussian Solver sampler only: how many of the latest model calls each step's correction is fitted "
+             "through (1–4). Higher follows the model more closely at the same steps; 1 is the most robust with "
+             "very few steps.",
 }
 
 
@@ -51,15 +56,17 @@ def moments_choices(folder: str) -> list[str]:
 # From the controls to the processing object.
 
 
-def attach(p, enabled, moments, kind, value, mode, mean=None, calibrate=False, *_) -> TeleportRequest:
+def attach(p, enabled, moments, kind, value, mode, mean=None, calibrate=False, order=None, *_) -> TeleportRequest:
     """The request from the accordion's values (the API's args), with any X/Y/Z values for this image, on ``p``.
 
-    Callers that pass the first five values only (older API clients) get the Settings default mean.
+    Callers that pass the first five values only (older API clients) get the Settings default mean; those
+    that pass no eighth value (the Gaussian Solver's order) get the default order.
     """
     request = TeleportRequest.from_controls(enabled, moments, kind, value, mode,
-                                            mean or OPTIONS["gaussian_teleport_mean"][0], calibrate)
+                                            mean or OPTIONS["gaussian_teleport_mean"][0], calibrate,
+                                            DEFAULT_ORDER if order is None else order)
     for field, override in getattr(p, OVERRIDES, {}).items():
-        request = replace(request, **{field: override}) if field == "moments" else request.with_settings(
+        request = replace(request, **{field: override}) if field in ("moments", "order") else request.with_settings(
             **{field: override})
     setattr(p, ATTRIBUTE, request)
     return request
@@ -79,6 +86,7 @@ def infotext_readers() -> dict:
         "mode": lambda d: None if handoff(d) is None else d.get(KEY_MODE, DEFAULT_MODE),
         "mean": lambda d: None if handoff(d) is None else d.get(KEY_MEAN, LEGACY_MEAN),
         "calibrate": lambda d: None if KEY_HANDOFF not in d else False,
+        "order": lambda d: None if KEY_ORDER not in d else check_order(d[KEY_ORDER]),
     }
 
 
@@ -126,6 +134,10 @@ def build_controls(script, defaults: TeleportRequest, folder: str, *, ui_compone
                                     elem_id=script.elem_id("gaussian_teleport_calibrate"), info=HELP["calibrate"])
             use = gr.Button("Use the last calibration", elem_id=script.elem_id("gaussian_teleport_use"))
         said = gr.Markdown("")
+        with ui_components.FormRow():
+            order = gr.Slider(label="Gaussian Solver order", minimum=ORDERS[0], maximum=ORDERS[-1], step=1,
+                              value=defaults.order, elem_id=script.elem_id("gaussian_teleport_order"),
+                              info=HELP["order"])
 
         def use_last(current_kind, current_value):
             unit, number, message = last_calibration()
@@ -133,10 +145,10 @@ def build_controls(script, defaults: TeleportRequest, folder: str, *, ui_compone
 
         use.click(use_last, inputs=[kind, value], outputs=[kind, value, said])
     controls = {"enabled": enabled, "moments": moments, "kind": kind, "value": value, "mode": mode, "mean": mean,
-                "calibrate": calibrate}
+                "calibrate": calibrate, "order": order}
     readers = infotext_readers()
     script.infotext_fields = [(controls[name], readers[name]) for name in controls]
-    script.paste_field_names = [KEY_HANDOFF, KEY_MOMENTS, KEY_MODE, KEY_MEAN]
+    script.paste_field_names = [KEY_HANDOFF, KEY_MOMENTS, KEY_MODE, KEY_MEAN, KEY_ORDER]
     return list(controls.values())
 
 
@@ -156,6 +168,7 @@ def add_settings(shared, folder: str):
         "gaussian_teleport_mode": (gr.Radio, {"choices": list(MODES)}),
         "gaussian_teleport_mean": (gr.Radio, {"choices": list(MEANS)}),
         "gaussian_teleport_keep_loaded": (gr.Checkbox, None),
+        "gaussian_teleport_solver_order": (gr.Slider, {"minimum": ORDERS[0], "maximum": ORDERS[-1], "step": 1}),
     }
     for key, (default, label) in OPTIONS.items():
         component, args = components[key]
@@ -188,13 +201,20 @@ def _check_mean(value):
     return check_mean(str(value).strip())
 
 
+def _confirm_orders(p, xs):
+    for x in xs:
+        check_order(x)     # raises naming the accepted values before any image is made
+
+
 def add_xyz_axes(xyz, folder: str) -> list[str]:
-    """Add the hand-off, moments and mean axes to the X/Y/Z plot module once; returns their labels."""
+    """Add the hand-off, moments, mean and solver-order axes to the X/Y/Z plot module once; returns their labels."""
     axes = [
         xyz.AxisOption(XYZ_HANDOFF, str, _override("handoff", parse_handoff), confirm=_confirm_handoffs),
         xyz.AxisOption(XYZ_MOMENTS, str, _override("moments", _check_moments),
                        choices=lambda: moments_choices(folder)[1:]),
         xyz.AxisOption(XYZ_MEAN, str, _override("mean", _check_mean), choices=lambda: list(MEANS)),
+        xyz.AxisOption(XYZ_ORDER, int, _override("order", check_order), confirm=_confirm_orders,
+                       choices=lambda: [str(o) for o in ORDERS]),
     ]
     present = {opt.label for opt in xyz.axis_options}
     xyz.axis_options.extend(axis for axis in axes if axis.label not in present)
