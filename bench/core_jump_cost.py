@@ -100,13 +100,13 @@ def build_parser() -> argparse.ArgumentParser:
     return ap
 
 
+@torch.no_grad()   # a decorator, so a caller's grad mode is left as it was
 def main(argv=None):
     ap = build_parser()
     args = ap.parse_args(argv)
     if importlib.util.find_spec("diffusers") is None:
         ap.error("the UNet it times comes from diffusers, which is not installed: pip install diffusers")
     report = report_file(args.out, "core_jump_cost.md")
-    torch.set_grad_enabled(False)
 
     if args.quick:
         sizes, ranks, unet_cfg, dense_max = {"tiny": (4, 16, 16)}, [16], TINY_UNET, 1024

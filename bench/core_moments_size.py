@@ -59,10 +59,10 @@ def build_parser() -> argparse.ArgumentParser:
     return ap
 
 
+@torch.no_grad()   # a decorator, so a caller's grad mode is left as it was
 def main(argv=None):
     args = build_parser().parse_args(argv)
     report = report_file(args.out, "core_moments_size.md")
-    torch.set_grad_enabled(False)
     sizes = {"tiny": (4, 16, 16)} if args.quick else SIZES
     ranks = [16] if args.quick else [64, 256]
     rows = []
