@@ -143,26 +143,55 @@ def side_by_side(left: torch.Tensor, right: torch.Tensor, gap: int = 12) -> torc
     return out
 
 
-def with_captions(rgb: torch.Tensor, captions: list[tuple[int, str]], band: int = 14) -> torch.Tensor:
-    """A white band above the image with each (x, text) written in black; the image unchanged without pillow."""
-    try:
-        from PIL import Image, ImageDraw
-    except ImportError:
-        return rgb
-    import numpy as np
+# A 5×7 bitmap font (the HD44780 character shapes), so the labels are drawn the same with or without
+# pillow (the quick-start environment has none) and scale with the grid. Each glyph is 7 rows of 5 bits
+# (the high bit on the left), as 14 hex digits.
+FONT = {
+    " ": "00000000000000", ",": "000000000c0408", ".": "00000000000c0c", ":": "000c0c000c0c00",
+    "-": "0000001f000000", "(": "02040808080402", ")": "08040202020408", "%": "18190204081303",
+    "0": "0e11131519110e", "1": "040c040404040e", "2": "0e11010204081f", "3": "1f02040201110e",
+    "4": "02060a121f0202", "5": "1f101e0101110e", "6": "0608101e11110e", "7": "1f010204080808",
+    "8": "0e11110e11110e", "9": "0e11110f01020c", "a": "00000e010f110f", "b": "1010161911111e",
+    "c": "00000e1010110e", "d": "01010d1311110f", "e": "00000e111f100e", "f": "0609081c080808",
+    "g": "000f11110f010e", "h": "10101619111111", "i": "04000c0404040e", "j": "0200060202120c",
+    "k": "10101214181412", "l": "0c04040404040e", "m": "00001a15151111", "n": "00001619111111",
+    "o": "00000e1111110e", "p": "00001e111e1010", "q": "00000d130f0101", "r": "00001619101010",
+    "s": "00000e100e011e", "t": "08081c08080906", "u": "0000111111130d", "v": "00001111110a04",
+    "w": "0000111115150a", "x": "0000110a040a11", "y": "000011110f010e", "z": "00001f0204081f",
+}
+GLYPH_W, GLYPH_H = 5, 7
 
-    img = Image.new("RGB", (rgb.shape[1], rgb.shape[0] + band), "white")
-    img.paste(Image.fromarray(rgb.numpy()), (0, band))
-    draw = ImageDraw.Draw(img)
-    for x, text in captions:
-        draw.text((x + 2, 1), text, fill="black")
-    return torch.from_numpy(np.array(img))
+
+def text_bitmap(text: str, px: int) -> torch.Tensor:
+    """(7·px, 6·px·len(text)) bool: True where ``text`` is inked, each font pixel drawn as px × px."""
+    columns = []
+    for ch in text.lower():
+        if ch not in FONT:
+            raise ValueError(f"the demo's caption font has no {ch!r}; write captions with {''.join(sorted(FONT))!r}")
+        rows = bytes.fromhex(FONT[ch])
+        glyph = torch.tensor([[bool(r >> (GLYPH_W - 1 - i) & 1) for i in range(GLYPH_W)] for r in rows])
+        columns += [glyph, torch.zeros(GLYPH_H, 1, dtype=torch.bool)]     # one blank column between letters
+    bits = torch.cat(columns, 1) if columns else torch.zeros(GLYPH_H, 0, dtype=torch.bool)
+    return bits.repeat_interleave(px, 0).repeat_interleave(px, 1)
 
 
-def comparison_image(plain: torch.Tensor, teleport: torch.Tensor, cols: int, scale: int, gap: int = 12) -> torch.Tensor:
-    """The plain grid left, the teleport grid right, each captioned (with pillow)."""
-    left, right = to_uint8_grid(plain, cols, scale), to_uint8_grid(teleport, cols, scale)
-    return with_captions(side_by_side(left, right, gap), [(0, "plain"), (left.shape[1] + gap, "teleport")])
+def captioned(rgb: torch.Tensor, text: str, px: int) -> torch.Tensor:
+    """``rgb`` below a white band with ``text`` in black, widened (white on the right) if the text is wider."""
+    ink = text_bitmap(text, px)
+    margin = px
+    band_h, width = ink.shape[0] + 2 * margin, max(rgb.shape[1], ink.shape[1] + 2 * margin)
+    out = torch.full((band_h + rgb.shape[0], width, 3), 255, dtype=torch.uint8)
+    out[margin:margin + ink.shape[0], margin:margin + ink.shape[1]][ink] = 0
+    out[band_h:, :rgb.shape[1]] = rgb
+    return out
+
+
+def comparison_image(plain: torch.Tensor, teleport: torch.Tensor, cols: int, scale: int, gap: int = 12,
+                     labels: tuple[str, str] = ("plain", "teleport")) -> torch.Tensor:
+    """The plain grid left, the teleport grid right, each under its label (drawn in, legible at any scale)."""
+    px = max(1, scale // 2)        # the labels grow with the grid's upscaling, as the images do
+    return side_by_side(captioned(to_uint8_grid(plain, cols, scale), labels[0], px),
+                        captioned(to_uint8_grid(teleport, cols, scale), labels[1], px), gap)
 
 
 def image_suffixes() -> tuple[str, ...]:
@@ -260,7 +289,8 @@ def compare(args) -> dict:
                                          model_calls(args.sampler, plan.sigmas) + plan.probe_calls)
 
     cols = args.cols or max(1, int(len(seeds) ** 0.5 + 0.5))
-    write_png(args.out, comparison_image(base, tele, cols, args.scale))
+    labels = (f"plain, {base_calls} calls", f"teleport, {tele_calls} calls")
+    write_png(args.out, comparison_image(base, tele, cols, args.scale, labels=labels))
     return {"model": ref.name, "sigma_data": sd, "samples": len(seeds), "sampler": args.sampler,
             "schedule": args.schedule, "steps": steps, "handoff": str(handoff), "mean": args.mean,
             "plan": plan.summary(),

@@ -8,7 +8,7 @@ Target: a rank-256 jump ≤ 0.5% of one SD1.5 UNet call. Needs diffusers (``pip 
 
     python bench/core_jump_cost.py                          # writes core_jump_cost.md to a new temporary folder
     python bench/core_jump_cost.py --out bench/results      # replaces the committed bench/results/core_jump_cost.md
-    python bench/core_jump_cost.py --quick                  # tiny UNet, small latents: a smoke run
+    python bench/core_jump_cost.py --quick                  # tiny UNet, small latents: a smoke run (printed, no file)
 """
 
 from __future__ import annotations
@@ -20,8 +20,7 @@ import time
 
 import torch
 
-from gaussian_teleport.bench import write_markdown
-from gaussian_teleport.bench.core_moments_size import report_file
+from gaussian_teleport.bench.core_moments_size import report_file, write_report
 from gaussian_teleport.moments import LowRankMoments, StationaryMoments, DenseMoments
 from gaussian_teleport.scheduler import clear_binding_cache, teleport_jump
 
@@ -92,11 +91,14 @@ def repeats(text: str) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--quick", action="store_true", help="tiny UNet and latents: checks the script runs (default: off)")
+    ap.add_argument("--quick", action="store_true",
+                    help="tiny UNet and latents: checks the script runs; prints the report and, without --out, "
+                         "keeps no file (default: off)")
     ap.add_argument("--repeats", type=repeats, default=3,
                     help="timed runs per case, the median kept (default: %(default)s)")
-    ap.add_argument("--out", default=None, help="report: a folder (bench/results replaces the committed one) or a "
-                                                ".md file (default: a new temporary folder)")
+    ap.add_argument("--out", default=None,
+                    help="report: a folder (bench/results replaces the committed one) or a .md file (default: a new "
+                         "temporary folder; --quick: none, the report is printed)")
     return ap
 
 
@@ -106,7 +108,7 @@ def main(argv=None):
     args = ap.parse_args(argv)
     if importlib.util.find_spec("diffusers") is None:
         ap.error("the UNet it times comes from diffusers, which is not installed: pip install diffusers")
-    report = report_file(args.out, "core_jump_cost.md")
+    report = report_file(args.out, "core_jump_cost.md", args.quick)
 
     if args.quick:
         sizes, ranks, unet_cfg, dense_max = {"tiny": (4, 16, 16)}, [16], TINY_UNET, 1024
@@ -146,7 +148,7 @@ def main(argv=None):
     if not args.quick:
         lines += ["", "Dense moments are benchmarked only where D×D fits: SDXL needs 16 GiB and Flux 256 GiB "
                       "(fp32) for the eigenvectors alone."]
-    write_markdown(report, lines)
+    write_report(report, lines)
 
 
 if __name__ == "__main__":

@@ -8,7 +8,7 @@ Target: a 16×128×128 (Flux) latent's moments ≤ 200 MB on disk.
 
     python bench/core_moments_size.py                       # writes core_moments_size.md to a new temporary folder
     python bench/core_moments_size.py --out bench/results   # replaces the committed bench/results/core_moments_size.md
-    python bench/core_moments_size.py --quick               # small latents: a smoke run
+    python bench/core_moments_size.py --quick               # small latents: a smoke run (printed, no file)
 """
 
 from __future__ import annotations
@@ -40,9 +40,12 @@ def finalize_random(structure, shape, rank, samples, batch):
     return acc.finalize(), samples / seconds
 
 
-def report_file(out: str | None, name: str) -> str:
+def report_file(out: str | None, name: str, quick: bool = False) -> str | None:
     """Where a core benchmark's report goes: a new temporary folder by default (the committed results change only
-    when asked: ``--out bench/results``), into a folder given as --out, or the .md file given as --out."""
+    when asked: ``--out bench/results``), into a folder given as --out, or the .md file given as --out. None for a
+    --quick smoke run without --out: its report is printed and nothing is left behind (see write_report)."""
+    if out is None and quick:
+        return None
     if out is None:
         path = report_path(None, True, name)
         committed = os.path.relpath(RESULTS) if not os.path.relpath(RESULTS).startswith("..") else RESULTS
@@ -51,18 +54,30 @@ def report_file(out: str | None, name: str) -> str:
     return os.path.join(out, name) if os.path.isdir(out) or not out.endswith(".md") else out
 
 
+def write_report(path: str | None, lines: list[str]) -> None:
+    """The report into ``path``, or printed when there is none (a smoke run keeps nothing)."""
+    if path is not None:
+        write_markdown(path, lines)
+        return
+    print("\n".join(lines))
+    print("a --quick run keeps nothing; give --out FOLDER to keep its report")
+
+
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--quick", action="store_true", help="small latents: checks the script runs (default: off)")
-    ap.add_argument("--out", default=None, help="report: a folder (bench/results replaces the committed one) or a "
-                                                ".md file (default: a new temporary folder)")
+    ap.add_argument("--quick", action="store_true",
+                    help="small latents: checks the script runs; prints the report and, without --out, keeps no "
+                         "file (default: off)")
+    ap.add_argument("--out", default=None,
+                    help="report: a folder (bench/results replaces the committed one) or a .md file (default: a new "
+                         "temporary folder; --quick: none, the report is printed)")
     return ap
 
 
 @torch.no_grad()   # a decorator, so a caller's grad mode is left as it was
 def main(argv=None):
     args = build_parser().parse_args(argv)
-    report = report_file(args.out, "core_moments_size.md")
+    report = report_file(args.out, "core_moments_size.md", args.quick)
     sizes = {"tiny": (4, 16, 16)} if args.quick else SIZES
     ranks = [16] if args.quick else [64, 256]
     rows = []
@@ -99,7 +114,7 @@ def main(argv=None):
     if not args.quick:
         lines += ["", "Dense moments of SD1.5 latents would take 1.07 GB (D² fp32 values); SDXL 17 GB; Flux 275 GB: "
                       "the estimator refuses dense above D = 4096 and points to 'lowrank' or 'stationary'."]
-    write_markdown(report, lines)
+    write_report(report, lines)
 
 
 if __name__ == "__main__":

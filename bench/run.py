@@ -229,6 +229,9 @@ def restore_options(opts, saved: dict) -> None:
 def main(argv=None):
     opts = parse(argv)
     if opts.out is not None:
+        if os.path.realpath(opts.out) == os.path.realpath(RESULTS):    # said up front, not found out afterwards
+            log(f"writing into {RESULTS}: the reports replace the committed ones (give --out FOLDER to write "
+                "elsewhere)")
         return run(opts)
     with tempfile.TemporaryDirectory(prefix="teleport-bench-") as folder:   # a quick run leaves nothing behind
         opts.out = folder

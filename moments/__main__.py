@@ -89,6 +89,9 @@ def check_output(path: str, overwrite: bool) -> None:
     folder = os.path.dirname(os.path.abspath(path))
     if not os.path.isdir(folder):
         raise UsageError(f"the folder of --out does not exist: {folder}; create it first")
+    if os.path.isdir(path):
+        raise UsageError(f"--out {path} is a folder; give a file name such as "
+                         f"{os.path.join(path, 'moments.safetensors')}")
     if os.path.exists(path) and not overwrite:
         raise UsageError(f"{path} already exists; choose another --out or pass --overwrite")
     if not os.access(folder, os.W_OK):
@@ -196,32 +199,45 @@ def parser() -> argparse.ArgumentParser:
     sub = ap.add_subparsers(dest="cmd", required=True)
     est = sub.add_parser("estimate", help="estimate moments from latent files")
     est.add_argument("latents", nargs="+", help="safetensors files, folders or glob patterns")
-    est.add_argument("--out", required=True)
-    est.add_argument("--structure", choices=structures(), default="lowrank")
-    est.add_argument("--rank", type=int, default=DEFAULT_RANK, help="eigenpairs kept by 'lowrank'")
-    est.add_argument("--space", choices=("raw", "model"), default="raw")
+    est.add_argument("--out", required=True, help="the moments file to write (required; no default)")
+    est.add_argument("--structure", choices=structures(), default="lowrank", help="what the file stores: "
+                     "dense (every eigenpair), lowrank (the top ones), stationary (any latent size) "
+                     "(default: %(default)s)")
+    est.add_argument("--rank", type=int, default=DEFAULT_RANK, help="eigenpairs kept by 'lowrank' (default: "
+                     "%(default)s)")
+    est.add_argument("--space", choices=("raw", "model"), default="raw",
+                     help="raw: VAE latents as encoded; model: already scaled to the model's space "
+                          "(default: %(default)s)")
     est.add_argument("--latent-format", default="none", type=latent_format_arg,
                      help=f"the VAE family of the latents: {', '.join(known_format_names())} (default: none)")
     est.add_argument("--dtype", choices=("auto", "float32", "float16"), default="auto",
-                     help="storage precision of the eigenvectors (auto: float16 for large ones)")
-    est.add_argument("--overwrite", action="store_true")
+                     help="storage precision of the eigenvectors (auto: float16 for large ones; default: %(default)s)")
+    est.add_argument("--overwrite", action="store_true", help="replace an existing --out (default: refuse)")
     est.add_argument("--join-timeout", type=float, default=JOIN_TIMEOUT, metavar="SECONDS",
                      help="under torchrun: how long to wait for the other processes to join (default: %(default)g)")
     est.set_defaults(fn=estimate)
     fm = sub.add_parser("from-model", help="read the moments off a model's Jacobian (no images)")
-    fm.add_argument("--model", required=True, help="digits, patches, a reference weights file, or module:function")
-    fm.add_argument("--out", required=True)
-    fm.add_argument("--structure", choices=STRUCTURES_FROM_MODEL, default="lowrank")
-    fm.add_argument("--rank", type=int, default=DEFAULT_MODEL_RANK)
-    fm.add_argument("--sigma", type=float, default=DEFAULT_SIGMA, help="noise level σ/α the Jacobian is read at")
-    fm.add_argument("--iterations", type=int, default=DEFAULT_ITERATIONS)
-    fm.add_argument("--draws", type=int, default=DEFAULT_DRAWS)
-    fm.add_argument("--step", type=float, default=DEFAULT_STEP)
-    fm.add_argument("--batch-size", type=int, default=None, help="largest batch of one model call")
+    fm.add_argument("--model", required=True, help="digits, patches, a reference weights file, or module:function "
+                    "returning (model, latent_shape, parameterization) (required; no default)")
+    fm.add_argument("--out", required=True, help="the moments file to write (required; no default)")
+    fm.add_argument("--structure", choices=STRUCTURES_FROM_MODEL, default="lowrank",
+                    help="what the file stores (default: %(default)s)")
+    fm.add_argument("--rank", type=int, default=DEFAULT_MODEL_RANK,
+                    help="directions read off the model; the rest is one variance (default: %(default)s)")
+    fm.add_argument("--sigma", type=float, default=DEFAULT_SIGMA,
+                    help="noise level σ/α the Jacobian is read at (default: %(default)g)")
+    fm.add_argument("--iterations", type=int, default=DEFAULT_ITERATIONS,
+                    help="subspace iterations, one model call each (default: %(default)s)")
+    fm.add_argument("--draws", type=int, default=DEFAULT_DRAWS,
+                    help="noise draws the result is averaged over, one model call each (default: %(default)s)")
+    fm.add_argument("--step", type=float, default=DEFAULT_STEP,
+                    help="finite-difference step per latent element, in units of σ (default: %(default)g)")
+    fm.add_argument("--batch-size", type=int, default=None,
+                    help="largest batch of one model call (default: all of a call's samples at once)")
     fm.add_argument("--label", type=int, default=None, help="class label for a class-conditional model "
                     "(default: unconditional)")
-    fm.add_argument("--seed", type=int, default=0)
-    fm.add_argument("--overwrite", action="store_true")
+    fm.add_argument("--seed", type=int, default=0, help="seed of the random directions (default: %(default)s)")
+    fm.add_argument("--overwrite", action="store_true", help="replace an existing --out (default: refuse)")
     fm.set_defaults(fn=from_model)
     inf = sub.add_parser("info", help="describe a moments file")
     inf.add_argument("file")

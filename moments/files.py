@@ -70,6 +70,9 @@ def save_moments(moments: GaussianMoments, path: str | os.PathLike, *, dtype: st
     folder = os.path.dirname(os.path.abspath(path))
     if not os.path.isdir(folder):
         raise FileNotFoundError(f"cannot write {path}: the folder {folder} does not exist; create it first")
+    if os.path.isdir(path):     # overwrite=True replaces a file, never a folder (and would fail after the work)
+        raise IsADirectoryError(f"cannot write {path}: it is a folder; give a file name such as "
+                                f"{os.path.join(path, 'moments.safetensors')}")
     if os.path.exists(path) and not overwrite:
         raise FileExistsError(f"{path} already exists; choose another name or pass overwrite=True")
     vec_dtype = _DTYPES[dtype]
@@ -146,6 +149,10 @@ def read_header(path: str | os.PathLike) -> dict:
         header = json.loads(raw)
     except (UnicodeDecodeError, json.JSONDecodeError):
         raise MomentsError(not_safetensors(path)) from None
+    except RecursionError:      # JSON nested deeper than Python's parser recurses: no safetensors writer does that
+        raise MomentsError(f"{path} has a malformed safetensors header (JSON nested too deeply to read); the file "
+                           "is damaged or was not written by a safetensors library. Re-create it with "
+                           "save_moments()") from None
     check_header_shape(header, path)
     end = max((v["data_offsets"][1] for k, v in header.items() if k != "__metadata__"), default=0)
     if 8 + n + end > size:

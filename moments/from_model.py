@@ -142,7 +142,8 @@ def estimate_moments_from_model(model, latent_shape, *, sigma: float = DEFAULT_S
                                 draws: int = DEFAULT_DRAWS, step: float = DEFAULT_STEP, probes: int = DEFAULT_PROBES,
                                 latent_format: str = "none", metadata: dict | None = None, device=None,
                                 input_dtype: torch.dtype = torch.float32,
-                                dtype: torch.dtype = torch.float32) -> GaussianMoments:
+                                dtype: torch.dtype = torch.float32,
+                                capped_advice: str = "Read the moments at a higher sigma") -> GaussianMoments:
     """Gaussian moments of the distribution a k-diffusion-form denoiser samples, from its own Jacobian.
 
     ``model(x, σ·ones[B], **extra_args)`` returns the x0 prediction in the sampler's space;
@@ -151,6 +152,7 @@ def estimate_moments_from_model(model, latent_shape, *, sigma: float = DEFAULT_S
     it took and their batch sizes. ``progress(calls_done, calls_total)`` is told after every call (raise
     from it to cancel). ``batch_size`` caps the batch of one call (larger batches are split). The model
     gets ``input_dtype`` latents on ``device``; the estimate itself runs in float64 on the CPU.
+    ``capped_advice`` ends the warning given when some directions reach 1/α (a host words it for its controls).
     """
     from ..scheduler.parameterization import parameterization as as_parameterization
 
@@ -190,8 +192,8 @@ def estimate_moments_from_model(model, latent_shape, *, sigma: float = DEFAULT_S
                         report)
     if report.get("capped"):
         log.warning("Gaussian Teleport: %d direction(s) of the model's Jacobian at noise level %g reached 1/α: the "
-                    "model is not Gaussian there (or not trained); their variances are capped at %g σ². Read the "
-                    "moments at a higher sigma", report["capped"], sigma, MAX_GAIN / (1 - MAX_GAIN))
+                    "model is not Gaussian there (or not trained); their variances are capped at %g σ². %s",
+                    report["capped"], sigma, MAX_GAIN / (1 - MAX_GAIN), capped_advice)
     mean, kind, tensors = result
     check_some_variance(tensors[0], float(tensors[2]) if kind != "stationary" else 0.0, sigma)
     info = {"source": "model", "sigma": f"{sigma:g}", "structure_from_model": structure, "iterations": iterations,

@@ -107,6 +107,10 @@ def to_model_space(moments: GaussianMoments, fmt: "str | LatentFormat | float", 
         fmt = LatentFormat(latent_format, moments.channels, fmt, 0.0 if shift is None else shift)
     fmt = find_latent_format(fmt)
     if moments.latent_format not in (NO_FORMAT, fmt.name):
+        if str(moments.latent_format).lower() == fmt.name.lower():     # an unchecked tag from an older estimate
+            raise MomentsError(f"these moments are tagged {moments.latent_format!r}, which is not a format name "
+                               f"(the model's is {fmt.name!r}; names are exact); estimate them again with "
+                               f"latent_format={fmt.name!r}")
         raise MomentsError(f"these moments were made for {moments.latent_format} latents but the model uses "
                            f"{fmt.name}; load or estimate moments for this model family")
     if moments.channels != fmt.channels:

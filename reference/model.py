@@ -197,6 +197,29 @@ def load_model(path: str | os.PathLike, device="cpu") -> EDMDenoiser:
         meta = f.metadata() or {}
     if meta.get("format") != "gaussian_teleport.reference" or "config" not in meta:
         raise ValueError(f"{path} is not a reference-model file (missing its config metadata)")
-    model = EDMDenoiser(ModelConfig(**json.loads(meta["config"])))
-    model.load_state_dict(load_file(path, device=str(device)))
+    model = EDMDenoiser(read_config(path, meta["config"]))
+    state = load_file(path, device=str(device))
+    check_state(path, state, model.state_dict())
+    model.load_state_dict(state)
     return model.eval().to(device)
+
+
+def check_state(path: str, state: dict, expected: dict) -> None:
+    """The file's tensors are the model's, by name and shape (in one line, not load_state_dict's long report)."""
+    missing, extra = sorted(set(expected) - set(state)), sorted(set(state) - set(expected))
+    wrong = [k for k in expected if k in state and state[k].shape != expected[k].shape]
+    if missing or extra or wrong:
+        example = (missing + extra + wrong)[0]
+        raise ValueError(f"{path}: its weights do not match the model its config describes ({len(missing)} missing, "
+                         f"{len(extra)} unexpected, {len(wrong)} mis-shaped tensors, e.g. {example!r}); the file is "
+                         "damaged: train it again with gaussian_teleport.reference.train")
+
+
+def read_config(path: str, text: str) -> ModelConfig:
+    """The ModelConfig a weights file's metadata holds; ValueError (not a parser's or dataclass's error) if damaged."""
+    try:
+        fields = json.loads(text)
+        return ModelConfig(**fields)
+    except (ValueError, TypeError, RecursionError):    # not JSON, nested too deep, not a mapping, unknown fields
+        raise ValueError(f"{path} is not a usable reference-model file: its config metadata is damaged; train it "
+                         "again with gaussian_teleport.reference.train (or give digits or patches)") from None

@@ -23,7 +23,7 @@ from .explained import ExplainedVariance, RecordingModel
 from .handoff import MODES, Handoff, check_schedule, format_sigma, skipped_steps
 from .parameterization import Parameterization, parameterization as as_parameterization
 from .settings import DEFAULT_MEAN, check_mean
-from .teleport import check_latent, sample_teleport
+from .teleport import check_latent, sample_teleport, sampler_sigmas
 
 # The change is the paired RMSE over the plain run's own spread between samples: per element, the
 # standard deviation of the final latents across the batch, so one number means the same on every model
@@ -238,6 +238,7 @@ def calibrate_handoff(model, x: torch.Tensor, sigmas: torch.Tensor, sampler: Cal
     check_noise(x)               # everything before the first model call, not after the plain run
     check_request(tolerance, mean, mode, sampler)
     param = as_parameterization(parameterization)
+    sigmas = sampler_sigmas(sigmas, x)      # a list, numpy array or integer tensor as sample_teleport takes it
     n = check_schedule(sigmas, param)
     extra_args = extra_args or {}
     gauss = bind_moments(moments, x.shape[1:], latent_format=latent_format, parameterization=param, device=x.device)

@@ -226,7 +226,10 @@ def plan_teleport(sigmas: torch.Tensor, handoff: Handoff | str, mode: str = "sav
     if k == 0:
         if handoff.kind == "sigma":
             start = format_sigma(param.noise_level(s0))
-            why = "img2img or hires fix" if img2img else "img2img, hires fix or a short schedule"
+            # Say what is known, never guess a cause: a txt2img schedule that starts below the hand-off is the
+            # hand-off being too high for it (or a schedule cut short on purpose).
+            why = ("img2img or hires fix: the schedule starts part-way down" if img2img else
+                   f"the schedule starts below the hand-off; a hand-off below σ {start} jumps")
             return unchanged(f"hand-off σ {format_sigma(handoff.value)} ≥ schedule start σ {start} ({why})")
         return unchanged(f"hand-off {handoff} replaces no step")
     if k >= n:

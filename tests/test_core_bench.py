@@ -29,10 +29,12 @@ def test_jump_cost_quick(tmp_path):
     assert {r.split("|")[3].strip() for r in rows} == {"lowrank", "stationary", "dense"}
 
 
-def test_quick_runs_default_to_a_temporary_folder(tmp_path):
+def test_a_quick_run_without_out_prints_its_report_and_keeps_no_file(tmp_path):
+    (tmp_path / "systemp").mkdir()
     done = subprocess.run([sys.executable, os.path.join(BENCH, "core_moments_size.py"), "--quick"],
-                          capture_output=True, text=True, timeout=240, cwd=str(tmp_path))
+                          capture_output=True, text=True, timeout=240, cwd=str(tmp_path),
+                          env={**os.environ, "TMPDIR": str(tmp_path / "systemp")})
     assert done.returncode == 0, done.stderr
-    written = done.stdout.strip().splitlines()[-1].removeprefix("wrote ").strip()
-    assert os.path.isfile(written) and os.path.realpath(os.path.dirname(written)) != os.path.realpath(
-        os.path.join(BENCH, "results"))
+    assert "| tiny | 4×16×16 | lowrank |" in done.stdout and "wrote " not in done.stdout
+    assert done.stdout.strip().splitlines()[-1] == "a --quick run keeps nothing; give --out FOLDER to keep its report"
+    assert os.listdir(tmp_path / "systemp") == [] and sorted(os.listdir(tmp_path)) == ["systemp"]

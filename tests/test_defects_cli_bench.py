@@ -85,6 +85,15 @@ def test_a_quick_run_with_out_keeps_its_reports(tmp_path, scratch, monkeypatch):
     assert (tmp_path / "keep" / "summary.md").is_file() and os.listdir(scratch) == []
 
 
+def test_a_run_into_the_committed_results_says_so_before_it_starts(tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(bench_run, "run", lambda opts: print("started"))
+    bench_run.main(["--models", "digits"])
+    said, started = capsys.readouterr().out.split("started")
+    assert f"writing into {RESULTS}: the reports replace the committed ones (give --out FOLDER" in said
+    bench_run.main(["--models", "digits", "--out", str(tmp_path)])
+    assert "replace the committed ones" not in capsys.readouterr().out
+
+
 def committed(name):
     path = os.path.join(RESULTS, name)
     return os.path.getmtime(path) if os.path.exists(path) else None
@@ -99,6 +108,18 @@ def test_the_moments_size_benchmark_leaves_the_committed_report_alone_by_default
     assert committed("core_moments_size.md") == before
     assert os.path.realpath(written).startswith(os.path.realpath(scratch)) and written.endswith("core_moments_size.md")
     assert "give --out" in out and "to replace the committed report" in out
+
+
+@pytest.mark.parametrize("script", [core_moments_size, core_jump_cost], ids=["moments-size", "jump-cost"])
+def test_a_quick_core_benchmark_leaves_no_folder_behind(scratch, capsys, monkeypatch, script):
+    if script is core_jump_cost:
+        pytest.importorskip("diffusers")
+        monkeypatch.setattr(core_jump_cost, "unet_call_seconds", lambda cfg, repeats: 0.1)   # the UNet is not the point
+    script.main(["--quick", "--repeats", "1"] if script is core_jump_cost else ["--quick"])
+    out = capsys.readouterr().out
+    assert "| tiny | 4×16×16 |" in out and "a --quick run keeps nothing; give --out FOLDER to keep its report" in out
+    # torch's own (empty, persistent) compile cache folder, made when diffusers is imported, is not the benchmark's
+    assert [name for name in os.listdir(scratch) if not name.startswith("torchinductor_")] == []
 
 
 def test_a_report_goes_into_a_folder_given_as_out(tmp_path, capsys, monkeypatch):

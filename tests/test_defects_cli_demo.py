@@ -1,13 +1,17 @@
-"""Issue 19, items 1, 12 and 14 (demo): the demo's output file and its input errors."""
+"""Issue 19, items 1, 12 and 14 (demo): the demo's output file, its input errors and the labels in its image."""
 
 import builtins
+import json
 import subprocess
 import sys
+from dataclasses import asdict
 
 import pytest
 import torch
+from safetensors.torch import save_file
 
 from gaussian_teleport import demo
+from gaussian_teleport.reference import load_reference
 
 QUICK = ["--seeds", "0-3", "--sampler", "euler", "--steps", "4", "--quiet"]
 
@@ -39,13 +43,16 @@ def without_pillow(monkeypatch):
     monkeypatch.setattr(builtins, "__import__", no_pil)
 
 
-@pytest.mark.parametrize("name", ["notes.txt", "keep.safetensors", "keep.png"])
+@pytest.mark.parametrize("name", ["notes.txt", "keep.safetensors", "keep.png", "keep.jpg"])
 def test_an_existing_file_is_never_replaced_unasked(tmp_path, capsys, no_sampling, name):
     target = tmp_path / name
     target.write_bytes(b"precious")
     err = refused(capsys, QUICK + ["--out", str(target)])
     assert target.read_bytes() == b"precious"
-    assert ("already exists: give --overwrite" in err) if name.endswith(".png") else ("not an image file name" in err)
+    if name.endswith(".jpg"):
+        pytest.importorskip("PIL")      # without pillow .jpg is refused as a name (the test below)
+    image = name.endswith((".png", ".jpg"))
+    assert ("already exists: give --overwrite" in err) if image else ("not an image file name" in err)
 
 
 def test_overwrite_replaces_an_existing_image(tmp_path):
@@ -111,25 +118,50 @@ def test_a_pickle_named_safetensors_is_named_without_a_traceback(tmp_path):
         "gaussian_teleport.reference.train (or give digits or patches)"]
 
 
+@pytest.mark.parametrize("config, message", [
+    ("[" * 50_000 + "]" * 50_000, "its config metadata is damaged"),        # was a RecursionError
+    ("{not json", "its config metadata is damaged"),                        # was the parser's words, no file
+    ('{"nope": 1}', "its config metadata is damaged"),                      # was a TypeError
+    ("[1, 2]", "its config metadata is damaged"),
+    (None, "its weights do not match the model its config describes"),     # was a RuntimeError
+])
+def test_a_damaged_weights_file_is_named_before_sampling(tmp_path, capsys, no_sampling, config, message):
+    if config is None:      # a sound config over tensors that are not the model's
+        config = json.dumps(asdict(load_reference("digits").model.cfg))
+    path = tmp_path / "damaged.safetensors"
+    save_file({"w": torch.zeros(2)}, str(path), metadata={"format": "gaussian_teleport.reference", "config": config})
+    err = refused(capsys, QUICK + ["--model", str(path), "--out", str(tmp_path / "x.png")])
+    assert f"error: {path}" in err and message in err and err.count("\n") == 1, err
+
+
 def test_every_option_shows_its_default():
     for action in demo.build_parser()._actions:
         if action.option_strings != ["-h", "--help"]:
             assert action.help and "default" in action.help, action.option_strings
 
 
-def test_the_grid_carries_its_labels_with_pillow():
-    pytest.importorskip("PIL")
+@pytest.mark.parametrize("pillow", [True, False], ids=["pillow", "no-pillow"])
+def test_the_grid_carries_its_labels_in_the_image(monkeypatch, pillow):
+    """Each grid sits under a white band with its label drawn in black, the same with or without pillow."""
+    if not pillow:
+        without_pillow(monkeypatch)
     plain, tele = torch.full((4, 1, 8, 8), -1.0), torch.full((4, 1, 8, 8), 1.0)
-    grid = demo.side_by_side(demo.to_uint8_grid(plain, 2, 4), demo.to_uint8_grid(tele, 2, 4))
-    image = demo.comparison_image(plain, tele, 2, 4)
-    band = image.shape[0] - grid.shape[0]
-    assert band > 8 and image.shape[1:] == grid.shape[1:] and torch.equal(image[band:], grid)
-    half = grid.shape[1] // 2
-    assert int(image[:band, :half].min()) < 128 and int(image[:band, half:].min()) < 128   # "plain", "teleport"
+    left, right = demo.to_uint8_grid(plain, 2, 4), demo.to_uint8_grid(tele, 2, 4)
+    image = demo.comparison_image(plain, tele, 2, 4, labels=("plain, 35 calls", "teleport, 20 calls"))
+    px, margin = 2, 2                                      # scale 4 draws each font pixel as 2 × 2
+    band = 7 * px + 2 * margin
+    for text, grid, x in (("plain, 35 calls", left, 0), ("teleport, 20 calls", right, None)):
+        ink = demo.text_bitmap(text, px)
+        x = image.shape[1] - max(grid.shape[1], ink.shape[1] + 2 * margin) if x is None else x
+        drawn = image[margin:margin + ink.shape[0], x + margin:x + margin + ink.shape[1]]
+        assert torch.equal(drawn.amax(-1) == 0, ink), text   # exactly the label's pixels are black
+        assert torch.equal(image[band:band + grid.shape[0], x:x + grid.shape[1]], grid)
 
 
-def test_without_pillow_the_grid_is_unlabelled(monkeypatch):
-    without_pillow(monkeypatch)
-    plain = torch.zeros(4, 1, 8, 8)
-    assert torch.equal(demo.comparison_image(plain, plain, 2, 1),
-                       demo.side_by_side(demo.to_uint8_grid(plain, 2, 1), demo.to_uint8_grid(plain, 2, 1)))
+def test_the_caption_font_draws_the_letters_it_is_given():
+    one = demo.text_bitmap("l", 1)
+    assert one.shape == (7, 6) and one[:, 5].sum() == 0 and one[6, 1:4].all()   # an l with its foot, then a gap
+    assert not torch.equal(demo.text_bitmap("plain", 1), demo.text_bitmap("qlain", 1))
+    assert demo.text_bitmap("ab", 3).shape == (21, 36)
+    with pytest.raises(ValueError, match="caption font has no"):
+        demo.text_bitmap("é", 1)

@@ -53,6 +53,8 @@ def models(tmp_path, monkeypatch):
     (["--samples", "-1"], "argument --samples: got -1; calibration needs at least 2 noise samples"),
     (["--schedule", "karras", "--sigma-min", "0"],
      "argument --sigma-min: got 0; sigma-min must be a finite number > 0"),
+    (["--schedule", "karras", "--sigma-min", "-1"],           # was "… complex64"
+     "argument --sigma-min: got -1; sigma-min must be a finite number > 0"),
     (["--schedule", "karras", "--sigma-min", "20"], "--sigma-min 20 must be below --sigma-max 14.6146"),
     (["--schedule", "flow", "--shift", "-1"], "argument --shift: got -1; shift must be a finite number > 0"),
     (["--cfg", "nan", "--label", "3"], "argument --cfg: got nan; the guidance scale must be a finite number"),

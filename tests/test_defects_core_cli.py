@@ -1,7 +1,8 @@
-"""Issue 19, items 3 and 9: `moments estimate` checks --latent-format and WORLD_SIZE before it works or waits."""
+"""Issue 19, items 3, 9 and 12: `moments` checks --latent-format, WORLD_SIZE and --out before it works or waits."""
 
 import os
 import socket
+import struct
 import subprocess
 import sys
 import time
@@ -10,8 +11,9 @@ import pytest
 from conftest import correlated_latents
 from safetensors.torch import save_file
 
+from gaussian_teleport.moments import __main__ as moments_cli
 from gaussian_teleport.moments import load_moments
-from gaussian_teleport.moments.__main__ import main
+from gaussian_teleport.moments.__main__ import main, parser
 
 
 @pytest.fixture
@@ -98,3 +100,34 @@ def test_a_missing_peer_times_out_quickly_with_a_message(latents):
 def test_a_join_timeout_that_is_not_positive_is_refused(latents, capsys, value):
     assert estimate(latents, "--join-timeout", value) == 2
     assert "--join-timeout must be a number of seconds > 0" in capsys.readouterr().err
+
+
+# ----------------------------------------------------------------------------
+# Item 12: an --out folder, a header nested too deeply, the help texts.
+
+
+def test_an_out_that_is_a_folder_is_refused_before_the_work(latents, capsys, monkeypatch):
+    monkeypatch.setattr(moments_cli, "read_latents", lambda path: pytest.fail("read latents before refusing"))
+    folder = latents / "outdir"
+    folder.mkdir()
+    assert main(["estimate", str(latents), "--out", str(folder), "--overwrite"]) == 2
+    assert f"--out {folder} is a folder; give a file name such as" in capsys.readouterr().err
+    assert sorted(p.name for p in latents.iterdir()) == ["0.latent", "1.latent", "2.latent", "outdir"]
+
+
+def test_a_header_nested_too_deeply_is_one_line_from_info(tmp_path, capsys):
+    path = tmp_path / "nested.safetensors"
+    header = b'{"__metadata__":' + b"[" * 100_000 + b"]" * 100_000 + b"}"
+    path.write_bytes(struct.pack("<Q", len(header)) + header)
+    assert main(["info", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: {path} has a malformed safetensors header (JSON nested too deeply to read)")
+    assert err.count("\n") == 1
+
+
+@pytest.mark.parametrize("command", ["estimate", "from-model"])
+def test_every_option_shows_its_default(command):
+    sub = parser()._subparsers._group_actions[0].choices[command]
+    for action in sub._actions:
+        if action.option_strings and action.option_strings != ["-h", "--help"]:
+            assert action.help and "default" in action.help, action.option_strings

@@ -34,6 +34,16 @@ def test_a_format_with_another_channel_count_is_refused():
     assert estimate_moments([LATENTS]).latent_format == "none"
 
 
+def test_an_older_file_with_a_miscased_tag_is_named_at_use():
+    """Moments tagged 'sd15' before the tag was checked: the use names the tag, not two families."""
+    from gaussian_teleport.moments import to_model_space
+
+    m = estimate_moments([LATENTS])
+    m.latent_format = "sd15"
+    with pytest.raises(MomentsError, match=r"tagged 'sd15', which is not a format name .*latent_format='SD15'"):
+        to_model_space(m, "SD15")
+
+
 # ----------------------------------------------------------------------------
 # Item 13: rank, dtype and overflowing statistics.
 
@@ -143,3 +153,25 @@ def test_a_header_over_the_limit_is_called_too_large(tmp_path, monkeypatch):
     monkeypatch.setattr(moments_files, "HEADER_MAX", 2**10)
     with pytest.raises(MomentsError, match=rf"header of {n:,} bytes, more than the 1,024 .*metadata is too large"):
         load_moments(path)
+
+
+# ----------------------------------------------------------------------------
+# Item 12 (files): a header nested too deeply; a folder as the path.
+
+
+def test_a_header_nested_too_deeply_is_a_moments_error(tmp_path):
+    """Python's JSON parser recurses: a deep header must not escape as a RecursionError."""
+    path = tmp_path / "nested.safetensors"
+    header = b'{"__metadata__":' + b"[" * 100_000 + b"]" * 100_000 + b"}"
+    path.write_bytes(struct.pack("<Q", len(header)) + header)
+    with pytest.raises(MomentsError, match="malformed safetensors header .JSON nested too deeply"):
+        load_moments(path)
+    assert moments_files.is_moments_file(path) is False
+
+
+def test_saving_onto_a_folder_is_refused_and_leaves_nothing(tmp_path):
+    folder = tmp_path / "m.safetensors"
+    folder.mkdir()
+    with pytest.raises(IsADirectoryError, match="it is a folder; give a file name such as"):
+        save_moments(estimate_moments([LATENTS]), folder, overwrite=True)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.safetensors"] and list(folder.iterdir()) == []

@@ -6,9 +6,9 @@ import torch
 from conftest import correlated_latents
 
 from gaussian_teleport.moments import estimate_moments, gaussian_x0
-from gaussian_teleport.scheduler import (Handoff, get_sigmas_edm, get_sigmas_flow, get_sigmas_karras,
-                                         get_sigmas_sd_karras, make_teleport_sampler, plan_teleport, sample_euler,
-                                         sample_teleport, teleport_sigmas)
+from gaussian_teleport.scheduler import (Handoff, calibrate_handoff, get_sigmas_edm, get_sigmas_flow,
+                                         get_sigmas_karras, get_sigmas_sd_karras, make_teleport_sampler, plan_teleport,
+                                         sample_euler, sample_teleport, teleport_sigmas)
 
 SHAPE = (2, 3, 3)
 
@@ -96,6 +96,16 @@ def test_list_and_numpy_sigmas_are_converted(moments, given):
                                           handoff="sigma:10", mean="data"),
                 lambda s: make_teleport_sampler(sample_euler, moments, "sigma:10", mean="data")(model, start(), s)):
         assert torch.allclose(run(given), expect, atol=1e-5)
+
+
+@pytest.mark.parametrize("given", [SCHEDULE, np.array(SCHEDULE), torch.tensor([80, 20, 5, 1, 0])],
+                         ids=["list", "numpy", "integer-tensor"])
+def test_calibration_takes_the_same_schedules_as_the_sampler(moments, given):
+    """calibrate_handoff refused a list ("1-D schedule … got list") that sample_teleport takes."""
+    as_tensor = torch.as_tensor(np.asarray(given, dtype=np.float64))
+    expect = calibrate_handoff(gaussian_model(moments), start(), as_tensor, sample_euler, moments=moments, mean="data")
+    got = calibrate_handoff(gaussian_model(moments), start(), given, sample_euler, moments=moments, mean="data")
+    assert got.skipped == expect.skipped and [c.change for c in got.curve] == [c.change for c in expect.curve]
 
 
 @pytest.mark.parametrize("given, message", [

@@ -87,7 +87,8 @@ def test_a_host_with_its_own_ipndm_keeps_it(monkeypatch, tmp_path):
     assert names.count("iPNDM") == 1 and "iPNDM" not in sd.add_sampler_calls
     model = SDModel(mean=np.zeros(4), cov=np.eye(4), flow=False, is_sdxl=False, is_sd3=False)
     assert sd.create_sampler("iPNDM", model).func is host_ipndm
-    assert sd.create_sampler("iPNDM Teleport", model).func.__wrapped__ is sample_ipndm   # ours, as documented
+    # The teleport entry wraps the host's own (Forge's "IPNDM"): switched off it is that sampler bit for bit.
+    assert sd.create_sampler("iPNDM Teleport", model).func.__wrapped__ is host_ipndm
     ours = module.webui.register_samplers(sd, host.sd_samplers_common, host.sd_samplers_kdiffusion,
                                           module.settings_source)
     assert "iPNDM" not in ours and {"iPNDM Teleport", "Gaussian Solver", "Euler Teleport"} <= set(ours)

@@ -271,7 +271,14 @@ def load_script(path=SCRIPT, load_module=None):
 
 
 class SDModel(types.SimpleNamespace):
-    """Checkpoint stand-in whose sampler denoiser is an exact Gaussian (model space)."""
+    """Checkpoint stand-in whose sampler denoiser is an exact Gaussian (model space).
+
+    Like the hosts' checkpoints it carries is_sd1 (A1111, Forge and Forge Neo set it on SD1.x models): on by
+    default unless it is marked SDXL, SD3 or flow."""
+
+    def __init__(self, **values):
+        values.setdefault("is_sd1", not (values.get("is_sdxl") or values.get("is_sd3") or values.get("flow")))
+        super().__init__(**values)
 
     def make_denoiser(self):
         return GaussianCFGDenoiser(self.mean, self.cov, flow=self.flow)

@@ -6,8 +6,10 @@ parts of the host's own code that import with torch alone, and stand-ins (test_w
 - modules/sd_samplers.py (all_samplers, set_samplers, Forge's add_sampler, the memoised name lookup) is
   executed from the checkout, its imports replaced by stand-ins;
 - the sampler table and extra-option lists are read from the checkout's modules/sd_samplers_kdiffusion.py;
-- the k-diffusion sampler functions come from the checkout (Forge's k_diffusion/, A1111's
-  repositories/k-diffusion/ when present), loaded without their package __init__;
+- the k-diffusion sampler functions come from the checkout (Forge's k_diffusion/, Forge Neo's
+  modules_forge/packages/k_diffusion/, A1111's repositories/k-diffusion/), loaded without their package __init__;
+- the latent format of every model family the host knows: Forge's and Neo's huggingface_guess model list,
+  A1111's set_model_type;
 - the script is loaded with the checkout's modules/script_loading.py;
 - X/Y/Z axes are built with the checkout's AxisOption class (scripts/xyz_grid.py);
 - infotext goes through the checkout's quote/unquote and parameter regex (modules/infotext_utils.py);
@@ -41,6 +43,15 @@ def host_file(*parts):
 
 def flavor():
     return "forge" if os.path.isdir(host_file("modules_forge")) else "a1111"
+
+
+def is_neo():
+    """Forge Neo (Haoming02's neo branch) vendors its packages under modules_forge/packages/."""
+    return os.path.isdir(host_file("modules_forge", "packages"))
+
+
+KDIFFUSION_FOLDERS = (("k_diffusion",), ("modules_forge", "packages", "k_diffusion"),
+                      ("repositories", "k-diffusion", "k_diffusion"))
 
 
 def parse(path):
@@ -82,17 +93,21 @@ def host_definitions(path, names, namespace):
 def real_table():
     found = module_assignments(host_file("modules", "sd_samplers_kdiffusion.py"),
                                {"samplers_k_diffusion", "sampler_extra_params"})
-    # Rows whose function is not a name (Forge's Restart) are left out: they get no teleport variant.
-    rows = [tuple(row) for row in found["samplers_k_diffusion"] if isinstance(row[1], str)]
+    # Rows whose function is not a name (Forge's Restart) are left out: they get no teleport variant; so are rows
+    # whose label is computed (Neo's "Flux Realistic" if opts.forbidden_knowledge else "DPM++ 2s a RF").
+    rows = [tuple(row) for row in found["samplers_k_diffusion"] if isinstance(row[0], str) and isinstance(row[1], str)]
     return rows, found["sampler_extra_params"]
 
 
 def real_sampling_module():
     """The checkout's k_diffusion/sampling.py, imported without k_diffusion/__init__ (no torchvision)."""
-    candidates = [host_file("k_diffusion"), host_file("repositories", "k-diffusion", "k_diffusion")]
+    candidates = [host_file(*parts) for parts in KDIFFUSION_FOLDERS]
     folder = next((c for c in candidates if os.path.isfile(os.path.join(c, "sampling.py"))), None)
     if folder is None:
-        pytest.skip("the checkout has no k-diffusion sources (A1111 clones them into repositories/ at first launch)")
+        pytest.skip(f"the checkout at {WEBUI} has no k-diffusion sources in any of "
+                    f"{', '.join(os.path.join(*parts) for parts in KDIFFUSION_FOLDERS)}: A1111 clones "
+                    "repositories/k-diffusion at its first launch (launch it once, or clone crowsonkb/k-diffusion "
+                    "there at the commit modules/launch_utils.py pins)")
     stubs = {"k_diffusion": types.ModuleType("k_diffusion"),
              "torchvision": types.ModuleType("torchvision"),
              "torchvision.transforms": types.ModuleType("torchvision.transforms"),
@@ -134,7 +149,8 @@ def real_sd_samplers(monkeypatch):
             "modules.sd_samplers_common": types.SimpleNamespace(SamplerData=hosts.SamplerData,
                                                                 samples_to_image_grid=None, sample_to_image=None),
             "modules_forge": types.ModuleType("modules_forge"),
-            "modules_forge.alter_samplers": types.SimpleNamespace(samplers_data_alter=[]),
+            "modules_forge.alter_samplers": types.SimpleNamespace(samplers_data_alter=[]),          # Forge
+            "modules_forge.forge_alter_samplers": types.SimpleNamespace(samplers_data_alter=[]),    # Forge Neo
         }
         shared = sys.modules["modules.shared"]
         shared.opts.hide_samplers = []
@@ -225,13 +241,17 @@ def test_the_gaussian_solver_and_ipndm_entries_with_the_hosts_sd_samplers(real_h
     load_with_real_script_loading()                     # Reload UI
     sd = real_host.sd_samplers
     names = [s.name for s in sd.all_samplers]
-    host_ipndm = "iPNDM" in [row[0] for row in real_table()[0]]
-    for name in ("Gaussian Solver", "iPNDM Teleport", "iPNDM"):
+    # Forge lists its own "IPNDM"; A1111 and Forge Neo have none, so the core's "iPNDM" is shipped there.
+    host_label = next((row[0] for row in real_table()[0] if row[0].lower() == "ipndm"), None)
+    plain = host_label or "iPNDM"
+    for name in ("Gaussian Solver", "iPNDM Teleport", plain):
         assert names.count(name) == 1
         assert sd.get_sampler_and_scheduler(name, "Automatic")[0] == name
         assert sd.find_sampler_config(name).name == name
-    assert sd.create_sampler("iPNDM Teleport", model).func.__wrapped__ is sample_ipndm
-    assert (sd.create_sampler("iPNDM", model).func is sample_ipndm) != host_ipndm
+    assert sum(n.lower() == "ipndm" for n in names) == 1                    # never both "IPNDM" and "iPNDM"
+    # "iPNDM Teleport" wraps the plain entry's function (the host's where it has one): off, it is that entry.
+    assert sd.create_sampler("iPNDM Teleport", model).func.__wrapped__ is sd.create_sampler(plain, model).func
+    assert (sd.create_sampler(plain, model).func is sample_ipndm) == (host_label is None)
     noise = noise_like(SHAPE)
     p = processing()
     out = sd.create_sampler("Gaussian Solver", model).sample(p, noise, SD_SIGMAS)
@@ -277,3 +297,298 @@ def test_install_under_the_hosts_launch(tmp_path):
     out = subprocess.run([sys.executable, "-c", code], cwd=str(tmp_path), env=env, capture_output=True, text=True)
     assert out.returncode == 0, out.stderr   # the host's run_pip accepted our call (and skipped, as asked)
     assert out.stdout.strip().endswith("ok")
+
+
+def test_a_plain_xyz_cell_after_a_teleport_cell_has_no_teleport_infotext(real_host, tmp_path):
+    """The checkout's X/Y/Z script runs each cell on copy(p): the cells share one extra_generation_params dict."""
+    from copy import copy
+    assert "copy(p)" in open(host_file("scripts", "xyz_grid.py"), encoding="utf-8").read()
+    path = write_moments(tmp_path / "models" / "moments", "sd15.safetensors", SHAPE)
+    mean, cov, _ = model_space_gaussian(path, "SD15")
+    model = hosts.SDModel(mean=mean, cov=cov, flow=False, is_sdxl=False, is_sd3=False)
+    script = load_with_real_script_loading().GaussianTeleportScript()
+    sd = real_host.sd_samplers
+    p = types.SimpleNamespace(extra_generation_params={"Steps": 10}, is_hr_pass=False, s_churn=0.0, s_tmin=0.0,
+                              s_tmax=float("inf"), s_noise=1.0)
+    args = (True, "sd15.safetensors", "sigma", 5.0, "save", "model", False)
+    cells = []
+    for sampler in ("Euler Teleport", "Euler", "Gaussian Solver", "DPM++ 2M"):
+        cell = copy(p)
+        script.process(cell, *args)                        # what the host runs when each cell starts
+        sd.create_sampler(sampler, model).sample(cell, noise_like(SHAPE), SD_SIGMAS)
+        cells.append(dict(cell.extra_generation_params))
+    assert cell.extra_generation_params is p.extra_generation_params
+    assert "Teleport result" in cells[0] and "Gaussian solver order" in cells[2]
+    for plain in (cells[1], cells[3]):
+        assert plain == {"Steps": 10}, plain
+    assert "Teleport result" not in cells[2] and "Teleport" not in cells[2]
+
+
+def host_model_families():
+    """(family, the checkpoint object the host would build) for every model family the checkout knows.
+
+    Forge and Forge Neo: each class of huggingface_guess's model list (the checkout's own), as the engine's
+    ``model_config``; A1111: its set_model_type flags on an SD1, SD2, SDXL and SD3 checkpoint.
+    """
+    folder = next((f for f in (host_file("modules_forge", "packages"), host_file("repositories", "huggingface_guess"))
+                   if os.path.isfile(os.path.join(f, "huggingface_guess", "model_list.py"))), None)
+    if flavor() == "forge":
+        assert folder is not None, "Forge keeps huggingface_guess in repositories/, Neo in modules_forge/packages/"
+        saved = {k: v for k, v in sys.modules.items() if k == "huggingface_guess" or k.startswith("huggingface_guess.")}
+        sys.path.insert(0, folder)
+        try:
+            model_list = importlib.import_module("huggingface_guess.model_list")
+        finally:
+            sys.path.remove(folder)
+            for name in [k for k in sys.modules if k == "huggingface_guess" or k.startswith("huggingface_guess.")]:
+                sys.modules.pop(name)
+            sys.modules.update(saved)
+        families = []
+        for cls in model_list.models:
+            config = cls.__new__(cls)
+            config.latent_format = cls.latent_format()
+            engine = type(cls.__name__ + "Engine", (), {})()
+            engine.model_config, engine.is_sd1 = config, cls.__name__ in ("SD15", "SD20")
+            families.append((cls.__name__, type(config.latent_format).__name__, engine))
+        return families
+    ns = host_definitions(host_file("modules", "sd_models.py"), {"set_model_type"},
+                          {"ModelType": types.SimpleNamespace(SD1=1, SD2=2, SDXL=3, SSD=4, SD3=5)})
+    families = []
+    for name, attrs, keys, fmt in (("SD1", {"cond_stage_model": types.SimpleNamespace()}, [], "SD15"),
+                                   ("SD2", {"cond_stage_model": types.SimpleNamespace(model=1)}, [], "SD15"),
+                                   ("SDXL", {"conditioner": 1}, [], "SDXL"),
+                                   ("SD3", {}, ["model.diffusion_model.x_embedder.proj.weight"], "SD3")):
+        model = types.SimpleNamespace(**attrs)
+        ns["set_model_type"](model, dict.fromkeys(keys))
+        families.append((name, fmt, model))
+    return families
+
+
+def test_every_model_family_of_the_host_gets_its_own_latent_format_or_a_refusal():
+    """Never taken for SD1.5: each family the host knows is one of the known formats, or refused by name."""
+    from gaussian_teleport.moments import LATENT_FORMATS, MomentsError
+    from gaussian_teleport.webui import latent_format_of
+    found = {}
+    for family, host_format, model in host_model_families():
+        if host_format in LATENT_FORMATS:
+            found[family] = latent_format_of(model)
+            assert found[family] == host_format, family
+        else:
+            with pytest.raises(MomentsError, match=f"does not support .*{host_format}.*without 'Teleport'"):
+                latent_format_of(model)
+            found[family] = None
+    assert found.get("SD15", found.get("SD1")) == "SD15"
+    if is_neo():   # Lumina 2, Z-Image and Chroma use Flux's VAE; Qwen-Image and Wan use Wan's, refused
+        assert {found[f] for f in ("Flux", "Chroma", "Lumina2", "ZImage")} == {"Flux"}, found
+        assert {found[f] for f in ("QwenImage", "WAN21_T2V", "WAN21_I2V")} == {None}, found
+
+
+# ----------------------------------------------------------------------------
+# Issue 23, items 1–4: the host's own code around a request it cannot honour, its console and its progress.
+
+
+def host_function(path, name, namespace, cls=None):
+    """One function (or a method of class ``cls``) of a host file, with ``namespace`` as its globals."""
+    tree = parse(path)
+    body = tree.body if cls is None else next(n for n in tree.body
+                                              if isinstance(n, ast.ClassDef) and n.name == cls).body
+    node = next(n for n in body if isinstance(n, ast.FunctionDef) and n.name == name)
+    code = compile(ast.Module(body=[node], type_ignores=[]), path, "exec")
+    return types.FunctionType(next(c for c in code.co_consts if getattr(c, "co_name", None) == name), namespace)
+
+
+def host_module(monkeypatch, name, *parts):
+    """A host module imported from the checkout by path; its ``modules.*`` imports find the stand-ins."""
+    spec = importlib.util.spec_from_file_location(name, host_file(*parts))
+    module = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, name, module)
+    spec.loader.exec_module(module)
+    return module
+
+
+def hosts_process_and_sampling(monkeypatch):
+    """The host's ScriptRunner.process (it reports what a script's process() raises and goes on) and its
+    Sampler.launch_sampling (it lets a sampler's exception through, but for interrupts)."""
+    errors = host_module(monkeypatch, "modules.errors", "modules", "errors.py")
+    process = host_function(host_file("modules", "scripts.py"), "process", {"errors": errors}, cls="ScriptRunner")
+    launch = host_function(host_file("modules", "sd_samplers_common.py"), "launch_sampling",
+                           {"state": types.SimpleNamespace(), "InterruptedException": type("Interrupted",
+                                                                                           (Exception,), {})},
+                           cls="Sampler")
+    return process, launch
+
+
+def teleport_script(module, args):
+    script = module.GaussianTeleportScript()
+    script.args_from, script.args_to, script.filename = 0, len(args), "scripts/gaussian_teleport.py"
+    runner = types.SimpleNamespace(ordered_scripts=lambda name: [script], alwayson_scripts=[script])
+    return runner
+
+
+def host_p(args):
+    return types.SimpleNamespace(extra_generation_params={}, is_hr_pass=False, s_churn=0.0, s_tmin=0.0,
+                                 s_tmax=float("inf"), s_noise=1.0, script_args=list(args))
+
+
+GOOD_ARGS = [True, "sd15.safetensors", "sigma", 5.0, "save", "model", False, 3]
+
+
+@pytest.mark.parametrize("index, value, kind", [(5, "prompt", "sigma"), (3, float("nan"), "sigma"),
+                                                (3, -1, "sigma"), (3, "abc", "sigma"), (3, None, "sigma"),
+                                                (3, 2.5, "steps"), (3, 1.5, "fraction"), (2, "seconds", "sigma"),
+                                                (4, "fast", "sigma"), (0, "yes", "sigma")])
+def test_a_request_it_cannot_honour_fails_the_hosts_sampling_with_its_reason(real_host, tmp_path, monkeypatch,
+                                                                             capsys, index, value, kind):
+    from gaussian_teleport.webui import RequestRefused
+    path = write_moments(tmp_path / "models" / "moments", "sd15.safetensors", SHAPE)
+    mean, cov, _ = model_space_gaussian(path, "SD15")
+    model = hosts.SDModel(mean=mean, cov=cov, flow=False, is_sdxl=False, is_sd3=False)
+    module = load_with_real_script_loading()
+    real_host.shared.opts.gaussian_teleport_moments = "sd15.safetensors"     # a Settings default exists
+    args = list(GOOD_ARGS)
+    args[2], args[index] = kind, value
+    process, launch = hosts_process_and_sampling(monkeypatch)
+    p = host_p(args)
+    process(teleport_script(module, args), p)                               # the host reports and goes on
+    assert "Error running process" in capsys.readouterr().err
+    for name in ("Euler Teleport", "Gaussian Solver"):
+        sampler = real_host.sd_samplers.create_sampler(name, model)
+        with pytest.raises(RequestRefused, match=rf"args\[{index}\].*Send .*other settings"):
+            launch(sampler, 10, lambda: sampler.sample(p, noise_like(SHAPE), SD_SIGMAS))
+    assert "Teleport result" not in p.extra_generation_params
+
+
+def test_the_text_false_as_the_switch_runs_the_hosts_plain_sampler(real_host, tmp_path, monkeypatch):
+    path = write_moments(tmp_path / "models" / "moments", "sd15.safetensors", SHAPE)
+    mean, cov, _ = model_space_gaussian(path, "SD15")
+    model = hosts.SDModel(mean=mean, cov=cov, flow=False, is_sdxl=False, is_sd3=False)
+    module = load_with_real_script_loading()
+    args = ["false", *GOOD_ARGS[1:]]
+    process, launch = hosts_process_and_sampling(monkeypatch)
+    p = host_p(args)
+    process(teleport_script(module, args), p)
+    sampler = real_host.sd_samplers.create_sampler("Euler Teleport", model)
+    out = launch(sampler, 10, lambda: sampler.sample(p, noise_like(SHAPE), SD_SIGMAS))
+    plain = real_host.sd_samplers.create_sampler("Euler", model).sample(host_p([]), noise_like(SHAPE), SD_SIGMAS)
+    assert torch.equal(out, plain) and p.extra_generation_params == {"Teleport": "off"}
+
+
+def test_an_xyz_moments_value_naming_a_missing_file_is_refused_by_the_hosts_axis_confirm(tmp_path):
+    from gaussian_teleport.moments import MomentsError
+    from gaussian_teleport.webui import XYZ_MOMENTS, add_xyz_axes
+    (tmp_path / "sd15.safetensors").write_bytes(b"")
+    ns = host_definitions(host_file("scripts", "xyz_grid.py"), {"format_value_add_label", "AxisOption"}, {})
+    xyz = types.SimpleNamespace(AxisOption=ns["AxisOption"], axis_options=[])
+    add_xyz_axes(xyz, str(tmp_path))
+    axis = next(a for a in xyz.axis_options if a.label == XYZ_MOMENTS)
+    axis.confirm(None, ["sd15.safetensors", "From the model"])
+    with pytest.raises(MomentsError, match=r"\[Teleport\] Moments file.*'bad/missing.safetensors' was not found"):
+        axis.confirm(None, ["sd15.safetensors", "bad/missing.safetensors"])
+
+
+def teleport_run(real_host, tmp_path, moments="sd15.safetensors", record=None):
+    path = write_moments(tmp_path / "models" / "moments", "sd15.safetensors", SHAPE, overwrite=True)
+    mean, cov, _ = model_space_gaussian(path, "SD15")
+    model = hosts.SDModel(mean=mean, cov=cov, flow=False, is_sdxl=False, is_sd3=False,
+                          sd_checkpoint_info=types.SimpleNamespace(model_name="tiny", shorthash="abc123"))
+    if record is not None:
+        make = model.make_denoiser
+
+        def make_denoiser():
+            denoiser = make()
+            inner = denoiser.__call__
+
+            class Recording(type(denoiser)):
+                def __call__(self, x, sigma, **extra):
+                    record()
+                    return inner(x, sigma, **extra)
+            denoiser.__class__ = Recording
+            return denoiser
+        model.make_denoiser = make_denoiser
+    return model
+
+
+@pytest.fixture
+def default_logging(monkeypatch):
+    """Logging as a host process has it before any --loglevel: this extension's logger untouched."""
+    import logging
+    logger = logging.getLogger("gaussian_teleport")
+    monkeypatch.setattr(logger, "handlers", [])
+    monkeypatch.setattr(logger, "level", logging.NOTSET)
+    monkeypatch.setattr(logging.root, "level", logging.root.level)
+    monkeypatch.delenv("SD_WEBUI_LOG_LEVEL", raising=False)
+    return logger
+
+
+@pytest.mark.parametrize("loglevel", [None, "INFO"])
+def test_the_console_shows_the_jump_at_the_hosts_log_level(real_host, tmp_path, monkeypatch, capsys,
+                                                            default_logging, loglevel):
+    """At the default level (no --loglevel) the host configures no logging; with --loglevel INFO it adds its own
+    handler: either way the jump summary is printed once."""
+    import logging
+    monkeypatch.setattr(logging.root, "handlers", [])     # here: pytest adds its own for the test's call phase
+    config = host_module(monkeypatch, "modules.logging_config", "modules", "logging_config.py")
+    config.setup_logging(loglevel)
+    real_host.shared.cmd_opts = types.SimpleNamespace(loglevel=loglevel)
+    model = teleport_run(real_host, tmp_path)
+    module = load_with_real_script_loading()
+    args = list(GOOD_ARGS)
+    process, launch = hosts_process_and_sampling(monkeypatch)
+    p = host_p(args)
+    process(teleport_script(module, args), p)
+    sampler = real_host.sd_samplers.create_sampler("Euler Teleport", model)
+    launch(sampler, 10, lambda: sampler.sample(p, noise_like(SHAPE), SD_SIGMAS))
+    captured = capsys.readouterr()
+    assert (captured.out + captured.err).count("teleport: jumped σ 14.61") == 1, captured
+
+
+def test_reading_moments_from_the_model_is_its_own_job_in_the_hosts_progress(real_host, tmp_path, monkeypatch):
+    import io
+    import time
+
+    from gaussian_teleport.webui import ESTIMATE_TEXT
+    monkeypatch.setitem(sys.modules, "modules.devices", types.SimpleNamespace(torch_gc=lambda: None))
+    monkeypatch.setattr(sys.modules["modules"], "devices", sys.modules["modules.devices"], raising=False)
+    backend = types.ModuleType("backend")                            # Forge's State reads backend.args
+    backend.__path__ = []
+    monkeypatch.setitem(sys.modules, "backend", backend)
+    monkeypatch.setitem(sys.modules, "backend.args", types.SimpleNamespace(args=types.SimpleNamespace(
+        cuda_stream=False)))
+    shared = real_host.shared
+    shared.opts.multiple_tqdm, shared.parallel_processing_allowed = True, False
+    shared.cmd_opts = types.SimpleNamespace(disable_console_progressbars=False, loglevel="WARNING")
+    shared.progress_print_out = io.StringIO()
+    state_module = host_module(monkeypatch, "modules.shared_state", "modules", "shared_state.py")
+    total_module = host_module(monkeypatch, "modules.shared_total_tqdm", "modules", "shared_total_tqdm.py")
+    shared.state, shared.total_tqdm = state_module.State(), total_module.TotalTQDM()
+    progressapi = host_function(host_file("modules", "api", "api.py"), "progressapi",
+                                {"shared": shared, "time": time, "current_task": None, "encode_pil_to_base64": None,
+                                 "models": types.SimpleNamespace(ProgressResponse=lambda **kw: kw)}, cls="Api")
+    seen = []
+
+    def record():
+        report = progressapi(None, types.SimpleNamespace(skip_current_image=True))
+        seen.append((report["progress"], report["textinfo"], dict(report["state"])))
+
+    model = teleport_run(real_host, tmp_path, record=record)
+    module = load_with_real_script_loading()
+    args = ["true", "From the model", *GOOD_ARGS[2:]]
+    process, _ = hosts_process_and_sampling(monkeypatch)
+    launch = host_function(host_file("modules", "sd_samplers_common.py"), "launch_sampling",
+                           {"state": shared.state, "InterruptedException": KeyboardInterrupt}, cls="Sampler")
+    shared.state.begin("txt2img")
+    shared.state.job_count = 1                                       # processing: n_iter
+    p = host_p(args)
+    process(teleport_script(module, args), p)
+    sampler = real_host.sd_samplers.create_sampler("Euler Teleport", model)
+    launch(sampler, 10, lambda: sampler.sample(p, noise_like(SHAPE), SD_SIGMAS))
+    estimate = [s for s in seen if s[2]["job"] == ESTIMATE_TEXT]
+    assert estimate and all(s[1] == ESTIMATE_TEXT and s[2]["sampling_steps"] == 7 for s in estimate), seen
+    steps = [s[2]["sampling_step"] for s in estimate]
+    assert steps == sorted(steps) and set(steps) == set(range(7))
+    after = seen[len(estimate):]
+    assert after and all(s[2]["job"] == "txt2img" and s[2]["sampling_steps"] == 10 for s in after)
+    progress = [s[0] for s in seen]
+    assert progress == sorted(progress), progress                      # the ETA never runs away
+    assert shared.total_tqdm._tqdm.total == 10                         # the console total: sampling steps only
+    shared.total_tqdm.clear()

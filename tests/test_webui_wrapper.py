@@ -321,3 +321,31 @@ def test_moments_files_are_reloaded_only_when_changed(tmp_path):
     write_moments(folder, "a.safetensors", SHAPE, seed=9, overwrite=True)
     second = files.load(path)
     assert second is not first and not torch.allclose(second.mean, first.mean)
+
+
+# Latent formats as Forge and Forge Neo's huggingface_guess declares them (model_config.latent_format).
+def _config_format(name, scale, shift=0.0):
+    return type(name, (), {"process_in": lambda self, z: (z - shift) * scale})()
+
+
+@pytest.mark.parametrize("name, scale, shift, expected", [
+    ("SD15", 0.18215, 0.0, "SD15"), ("SDXL", 0.13025, 0.0, "SDXL"), ("SD3", 1.5305, 0.0609, "SD3"),
+    ("Flux", 0.3611, 0.1159, "Flux"),                               # Flux, Chroma, Neo's Lumina 2 and Z-Image
+    ("Wan21", 1.0, 0.0, None), ("SDXL_Playground_2_5", 0.5, 0.0, None), ("SDXL", 0.5, 0.0, None)])
+def test_a_forge_model_family_is_its_declared_latent_format_or_refused(name, scale, shift, expected):
+    from gaussian_teleport.webui import latent_format_of
+    engine = type("QwenImage" if name == "Wan21" else "Engine", (), {})()
+    engine.model_config = types.SimpleNamespace(latent_format=_config_format(name, scale, shift))
+    engine.is_sd1 = engine.is_sdxl = engine.is_sd3 = False
+    if expected is not None:
+        assert latent_format_of(engine) == expected
+    else:
+        with pytest.raises(MomentsError, match=f"does not support this checkpoint .*{name}.*without 'Teleport'"):
+            latent_format_of(engine)
+
+
+def test_a_checkpoint_of_no_known_family_is_never_taken_for_sd15():
+    from gaussian_teleport.webui import latent_format_of
+    with pytest.raises(MomentsError, match="no SD1.x, SD2.x, SDXL, SD3 or Flux mark"):
+        latent_format_of(types.SimpleNamespace(is_sdxl=False, is_sd3=False))
+    assert latent_format_of(types.SimpleNamespace(is_sd2=True)) == "SD15"
