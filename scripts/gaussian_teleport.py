@@ -15,6 +15,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 package = runpy.run_path(os.path.join(ROOT, "_isolation.py"))["load_package"](ROOT)
 webui = importlib.import_module(package.__name__ + ".webui")
 
+webui.use_host(shared)   # the console shows the extension's log lines; the progress shows its own jobs
 settings_source = webui.host_settings_source(shared, paths.models_path)
 FOLDER = settings_source()[1]
 os.makedirs(FOLDER, exist_ok=True)

@@ -8,10 +8,11 @@ if "." not in __name__:  # found as a top-level module on a host's sys.path: not
     import os as _os, runpy as _runpy
     _runpy.run_path(_os.path.join(_os.path.dirname(__file__), _os.pardir, "_isolation.py"))["defer"](globals())
 
+from .console import ESTIMATE_TEXT, estimate_job, show_log_lines, use_host
 from .model_facts import checkpoint_key, latent_format_of, parameterization_of
 from .request import (DEFAULT_ORDER, FROM_MODEL, KEY_CALIBRATION, KEY_HANDOFF, KEY_HIRES_RESULT, KEY_MEAN, KEY_MODE,
-                      KEY_MOMENTS, KEY_ORDER, KEY_RESULT, NO_MOMENTS, OPTIONS, TeleportRequest, check_order,
-                      parse_handoff, request_from_infotext)
+                      KEY_MOMENTS, KEY_ORDER, KEY_RESULT, NO_MOMENTS, OPTIONS, RequestRefused, TeleportRequest,
+                      check_order, check_switch, parse_handoff, request_from_args, request_from_infotext)
 from .samplers import (BASE_SAMPLERS, CORE_SAMPLERS, FILES, FROM_MODEL_FOLDER, IPNDM_LABEL, LAST_CALIBRATION,
                        SOLVER_LABEL, core_sampler_data, make_host_sampler_function, make_solver_function,
                        moments_folder, register_samplers, request_for, resolve_moments_file, teleport_name,
@@ -27,6 +28,8 @@ def host_settings_source(shared, models_path: str):
 
 
 __all__ = [
+    "ESTIMATE_TEXT", "estimate_job", "show_log_lines", "use_host", "RequestRefused", "check_switch",
+    "request_from_args",
     "checkpoint_key", "latent_format_of", "parameterization_of",
     "DEFAULT_ORDER", "FROM_MODEL", "KEY_CALIBRATION", "KEY_HANDOFF", "KEY_HIRES_RESULT", "KEY_MEAN", "KEY_MODE",
     "KEY_MOMENTS", "KEY_ORDER", "KEY_RESULT", "NO_MOMENTS", "OPTIONS", "TeleportRequest", "check_order",

@@ -7,8 +7,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
 
-from ..scheduler.handoff import Handoff
-from ..scheduler.settings import DEFAULT_HANDOFF, DEFAULT_MEAN, DEFAULT_MODE, TeleportSettings
+from ..scheduler.handoff import KINDS, MODES, Handoff
+from ..scheduler.settings import DEFAULT_HANDOFF, DEFAULT_MEAN, DEFAULT_MODE, MEANS, TeleportSettings, check_mean
 from ..scheduler.solver import check_options
 
 NO_MOMENTS = "None"
@@ -43,6 +43,19 @@ OPTIONS = {
 }
 
 
+def check_switch(value, what: str = "the switch") -> bool:
+    """A boolean control's value: True/False (Python's or numpy's), 0/1, or the text 'true'/'false' (any case).
+
+    Anything else is refused rather than read by truthiness (the JSON string "false" is not on)."""
+    if type(value).__name__ in ("bool", "bool_"):
+        return bool(value)
+    if type(value) is int and value in (0, 1):
+        return bool(value)
+    if isinstance(value, str) and value.strip().lower() in ("true", "false"):
+        return value.strip().lower() == "true"
+    raise ValueError(f"{what} must be true or false, got {value!r}")
+
+
 def check_order(order) -> int:
     """The Gaussian solver's order as a whole number from 1 to 4 (text and 3.0 accepted); ValueError otherwise."""
     value = order
@@ -68,9 +81,9 @@ class TeleportRequest:
     @classmethod
     def from_controls(cls, enabled, moments, kind, value, mode, mean=DEFAULT_MEAN, calibrate=False,
                       order=None) -> "TeleportRequest":
-        return cls(bool(enabled), str(moments or NO_MOMENTS),
+        return cls(check_switch(enabled), str(moments or NO_MOMENTS),
                    TeleportSettings.from_values(str(kind), value, str(mode), str(mean or DEFAULT_MEAN)),
-                   bool(calibrate), check_order(DEFAULT_ORDER if order is None else order))
+                   check_switch(calibrate, "calibrate"), check_order(DEFAULT_ORDER if order is None else order))
 
     @classmethod
     def from_options(cls, opts) -> "TeleportRequest":
@@ -96,6 +109,69 @@ class TeleportRequest:
     def solver_infotext(self) -> dict:
         """Generation parameters for a run of the Gaussian Solver sampler (no hand-off: the moments and order)."""
         return {KEY_MOMENTS: self.moments, KEY_ORDER: self.order}
+
+
+class RequestRefused(ValueError):
+    """A generation's accordion values (the API's args) the extension cannot honour.
+
+    The host swallows what a script's process() raises, so the refusal is also kept on the processing
+    object and raised again by the teleport samplers and the Gaussian Solver: the request fails with this
+    reason instead of running with other settings."""
+
+
+# The accordion's controls in the order of the API's ``alwayson_scripts`` args: (label, what to send instead).
+ARGS = (
+    ("switch", "true or false (a JSON boolean)"),
+    ("Moments", f"a file name in models/moments, '{FROM_MODEL}' or '{NO_MOMENTS}'"),
+    ("Hand-off unit", f"one of {', '.join(KINDS)}"),
+    ("Hand-off", "a number: a sigma ≥ 0 such as 5, a whole number of steps, or a fraction from 0 to below 1"),
+    ("Schedule", f"one of {', '.join(MODES)}"),
+    ("Mean", f"one of {', '.join(MEANS)}"),
+    ("Calibrate on the next generation", "true or false (a JSON boolean)"),
+    ("Gaussian Solver order", "a whole number from 1 to 4"),
+)
+
+
+def refused(index: int, problem) -> RequestRefused:
+    label, fix = ARGS[index]
+    return RequestRefused(f"Gaussian Teleport cannot run this request: its {label} value (the accordion's "
+                          f"'{label}'; API: alwayson_scripts 'Gaussian Teleport' args[{index}]) is not usable: "
+                          f"{problem}. Send {fix}. The request is refused rather than run with other settings")
+
+
+def request_from_args(enabled, moments, kind, value, mode, mean=None, calibrate=False, order=None) -> TeleportRequest:
+    """The request from the accordion's values (the API's args), each checked on its own so a refusal names it.
+
+    A missing (None) mean, calibrate or order is a client that sends fewer values: the defaults apply.
+    """
+    def check(index, parse, *values):
+        try:
+            return parse(*values)
+        except (TypeError, ValueError) as exc:
+            raise refused(index, exc) from None
+
+    def check_moments(name):
+        if name is None:
+            return NO_MOMENTS
+        if not isinstance(name, str):
+            raise ValueError(f"the moments must be a file name, got {name!r}")
+        return name
+
+    def check_mode(m):
+        if m not in MODES:
+            raise ValueError(f"teleport schedule mode must be one of {MODES}, got {m!r}")
+        return m
+
+    on = check(0, check_switch, enabled)
+    moments = check(1, check_moments, moments)
+    if kind not in KINDS:
+        raise refused(2, f"hand-off unit must be one of {KINDS}, got {kind!r}")
+    handoff = check(3, Handoff, kind, value)
+    mode = check(4, check_mode, mode)
+    mean = check(5, check_mean, OPTIONS["gaussian_teleport_mean"][0] if mean is None else mean)
+    calibrate = check(6, check_switch, False if calibrate is None else calibrate, "calibrate")
+    order = check(7, check_order, DEFAULT_ORDER if order is None else order)
+    return TeleportRequest(on, moments, TeleportSettings(handoff, mode, mean), calibrate, order)
 
 
 def parse_handoff(text) -> Handoff:

@@ -8,8 +8,9 @@ host passes the same options (s_churn, …) it would pass to the plain sampler. 
 the core's ``sample_teleport``; this module adapts the host's counters, progress bar and files to it.
 
 Three more entries come from the core rather than the host: "Gaussian Solver" (``sample_gaussian`` with
-the accordion's moments; no hand-off), "iPNDM Teleport" (teleport, then the core's ``sample_ipndm``) and
-plain "iPNDM" (the core's, only where the host has no sampler of that name).
+the accordion's moments; no hand-off), "iPNDM Teleport" (teleport, then the host's iPNDM where it has one,
+as Forge's "IPNDM", else the core's ``sample_ipndm``) and plain "iPNDM" (the core's, only where the host has no
+sampler of that name).
 """
 
 from __future__ import annotations
@@ -25,15 +26,16 @@ import torch
 from ..moments.base import MomentsError
 from ..moments.files import (EXTENSION, MOMENTS_FOLDER, MomentsFiles, contained_path, load_moments, path_inside,
                              save_moments)
-from ..moments.from_model import estimate_moments_from_model
+from ..moments.from_model import DEFAULT_SIGMA, cost_in_calls, estimate_moments_from_model
 from ..scheduler.calibrate import calibrate_handoff
 from ..scheduler.handoff import TeleportPlan
 from ..scheduler.multistep import sample_ipndm
 from ..scheduler.solver import make_gaussian_sampler
 from ..scheduler.teleport import sample_teleport
+from .console import estimate_job
 from .model_facts import checkpoint_key, latent_format_of, parameterization_of
 from .request import (ATTRIBUTE, FROM_MODEL, KEY_CALIBRATION, KEY_HIRES_RESULT, KEY_RESULT, NO_MOMENTS,
-                      TeleportRequest)
+                      RequestRefused, TeleportRequest)
 
 SOLVER_LABEL = "Gaussian Solver"
 IPNDM_LABEL = "iPNDM"
@@ -65,10 +67,16 @@ def moments_folder(models_path: str) -> str:
 
 
 def request_for(p, opts=None) -> TeleportRequest:
-    """The request the script attached to ``p``; the Settings defaults when it attached none."""
+    """The request the script attached to ``p``; the Settings defaults when it attached none.
+
+    A refusal the script recorded (values it could not use) is raised here, in the sampler call the host
+    does not swallow, so the generation fails with that reason instead of running with the Settings values.
+    """
     request = getattr(p, ATTRIBUTE, None)
     if isinstance(request, TeleportRequest):
         return request
+    if isinstance(request, RequestRefused):
+        raise RequestRefused(str(request))
     return TeleportRequest.from_options(opts) if opts is not None else TeleportRequest()
 
 
@@ -115,6 +123,12 @@ class FixedBatch:
         return torch.cat(outs)
 
 
+# The core's advice names a control this host does not have (the sigma the moments are read at).
+CAPPED_ADVICE = (f"'{FROM_MODEL}' reads them at σ {DEFAULT_SIGMA:g}, which this extension does not let you change: "
+                 "if teleported images look wrong, choose a moments file made from this model's latents "
+                 "(python -m gaussian_teleport.moments estimate) or a higher hand-off (a shorter jump)")
+
+
 def model_moments(model, x, extra_args, sd_model, param, fmt, folder):
     """Moments read off the loaded checkpoint, computed once per checkpoint and latent size and kept as a file.
 
@@ -126,13 +140,20 @@ def model_moments(model, x, extra_args, sd_model, param, fmt, folder):
     path = path_inside(folder, name)
     with _LOCK:
         if os.path.isfile(path):
-            return FILES.load(path), name
+            try:
+                return FILES.load(path), name
+            except MomentsError as exc:   # the extension's own cache: make it again rather than ask for a copy
+                log.warning("Gaussian Teleport: the cached moments %s are damaged (%s); reading them from the "
+                            "model again and replacing the file", name, str(exc).split("; ")[0])
         step = getattr(model, "step", None)
         unconditional = {**(extra_args or {}), "cond_scale": 0.0}
         log.info("Gaussian Teleport: reading moments for %s off the model (once; cached as %s)", shape, name)
-        moments = estimate_moments_from_model(FixedBatch(model, int(x.shape[0])), shape, parameterization=param,
-                                              extra_args=unconditional, device=x.device, input_dtype=x.dtype,
-                                              latent_format=fmt, metadata={"model": checkpoint_key(sd_model)})
+        with estimate_job(cost_in_calls("lowrank", latent_shape=shape)["calls"]) as progress:
+            moments = estimate_moments_from_model(FixedBatch(model, int(x.shape[0])), shape, structure="lowrank",
+                                                  parameterization=param, extra_args=unconditional, device=x.device,
+                                                  input_dtype=x.dtype, latent_format=fmt, progress=progress,
+                                                  metadata={"model": checkpoint_key(sd_model)},
+                                                  capped_advice=CAPPED_ADVICE)
         if step is not None:
             model.step = step
         os.makedirs(os.path.dirname(path), exist_ok=True)
@@ -185,11 +206,17 @@ def make_host_sampler_function(base_fn, sd_model, *, calls_per_step: int = 1, op
                                mode=request.settings.mode, mean=request.settings.mean, parameterization=param,
                                latent_format=fmt, no_jump=None if getattr(model, "mask", None) is None else
                                "inpainting mask: the webui blends the original back in at every call",
+                               img2img=starts_from_an_image(p),
                                on_plan=on_plan, on_mismatch="pass" if getattr(p, "is_hr_pass", False) else "raise",
                                **options)
 
     teleport_sampler.__signature__ = inspect.signature(base_fn)
     return teleport_sampler
+
+
+def starts_from_an_image(p) -> bool:
+    """img2img (its processing object carries init images) or a hires pass: the schedule starts part-way down."""
+    return bool(getattr(p, "is_hr_pass", False) or getattr(p, "init_images", None))
 
 
 def request_moments(request, model, x, extra_args, sd_model, param, fmt, opts, folder, used, **who):
@@ -341,8 +368,14 @@ def teleport_sampler_data(sd_samplers_common, kdiffusion, settings_source) -> li
                                                    make_constructor(kdiffusion, label, funcname, options,
                                                                     settings_source),
                                                    alias, {**options, "teleport": True}))
+    own = {row[0].lower(): row for row in kdiffusion.samplers_k_diffusion if isinstance(row[0], str)}
     for label, (function, aliases, options) in CORE_SAMPLERS.items():
         alias = [a + "_teleport" for a in aliases[:1]]
+        row = own.get(label.lower())
+        if row is not None and isinstance(row[1], str) and hasattr(kdiffusion.k_diffusion.sampling, row[1]):
+            # The host has its own (Forge's "IPNDM"): wrap that, so that switched off the entry is the host's
+            # plain sampler bit for bit, as the other teleport entries are.
+            function, options = row[1], row[3]
         data.append(sd_samplers_common.SamplerData(teleport_name(label),
                                                    make_constructor(kdiffusion, label, function, options,
                                                                     settings_source),

@@ -11,9 +11,10 @@ from dataclasses import replace
 from ..moments.files import list_moments_files
 from ..scheduler.handoff import KINDS, MODES
 from ..scheduler.settings import DEFAULT_MODE, MEANS, check_mean
-from .request import (ATTRIBUTE, DEFAULT_ORDER, FROM_MODEL, KEY_HANDOFF, KEY_MEAN, KEY_MODE, KEY_MOMENTS, KEY_ORDER,
-                      LEGACY_MEAN, NO_MOMENTS, OPTIONS, ORDERS, TeleportRequest, check_order, parse_handoff)
-from .samplers import FROM_MODEL_FOLDER, LAST_CALIBRATION
+from .request import (ATTRIBUTE, FROM_MODEL, KEY_CALIBRATION, KEY_HANDOFF, KEY_HIRES_RESULT, KEY_MEAN,
+                      KEY_MODE, KEY_MOMENTS, KEY_ORDER, KEY_RESULT, LEGACY_MEAN, NO_MOMENTS, OPTIONS, ORDERS,
+                      RequestRefused, TeleportRequest, check_order, parse_handoff, request_from_args)
+from .samplers import FROM_MODEL_FOLDER, LAST_CALIBRATION, resolve_moments_file
 
 TITLE = "Gaussian Teleport"
 SECTION = ("gaussian_teleport", TITLE)
@@ -56,15 +57,42 @@ def moments_choices(folder: str) -> list[str]:
 # From the controls to the processing object.
 
 
-def attach(p, enabled, moments, kind, value, mode, mean=None, calibrate=False, order=None, *_) -> TeleportRequest:
+INFOTEXT_KEYS = (KEY_HANDOFF, KEY_MOMENTS, KEY_MODE, KEY_MEAN, KEY_RESULT, KEY_HIRES_RESULT, KEY_CALIBRATION, KEY_ORDER)
+
+
+def clear_infotext(p):
+    """Drop this extension's infotext keys from ``p``: each generation writes its own.
+
+    The X/Y/Z script runs each cell on a shallow copy of one processing object, so all cells share one
+    ``extra_generation_params`` dict; without this a plain cell after a teleport cell would carry the
+    teleport cell's ``Teleport …`` entries.
+    """
+    params = getattr(p, "extra_generation_params", None)
+    if isinstance(params, dict):
+        for key in INFOTEXT_KEYS:
+            params.pop(key, None)
+
+
+def attach(p, *args) -> TeleportRequest:
     """The request from the accordion's values (the API's args), with any X/Y/Z values for this image, on ``p``.
 
     Callers that pass the first five values only (older API clients) get the Settings default mean; those
-    that pass no eighth value (the Gaussian Solver's order) get the default order.
+    that pass no eighth value (the Gaussian Solver's order) get the default order. The extension's infotext
+    keys an earlier generation left on ``p`` are cleared first (see ``clear_infotext``). Values it cannot use
+    put a ``RequestRefused`` on ``p`` and raise it: the host swallows what process() raises, so the teleport
+    samplers and the Gaussian Solver raise it again and the request fails with its reason.
     """
-    request = TeleportRequest.from_controls(enabled, moments, kind, value, mode,
-                                            mean or OPTIONS["gaussian_teleport_mean"][0], calibrate,
-                                            DEFAULT_ORDER if order is None else order)
+    clear_infotext(p)
+    try:
+        if len(args) < 5:
+            raise RequestRefused(f"Gaussian Teleport cannot run this request: it got {len(args)} accordion values "
+                                 "and needs at least 5 (API: alwayson_scripts 'Gaussian Teleport' args = [switch, "
+                                 "moments, unit, value, schedule, mean, calibrate, order]). The request is refused "
+                                 "rather than run with other settings")
+        request = request_from_args(*args[:8])
+    except RequestRefused as exc:
+        setattr(p, ATTRIBUTE, exc)
+        raise
     for field, override in getattr(p, OVERRIDES, {}).items():
         request = replace(request, **{field: override}) if field in ("moments", "order") else request.with_settings(
             **{field: override})
@@ -197,6 +225,19 @@ def _check_moments(name):
     return NO_MOMENTS if str(name).strip() in ("", NO_MOMENTS) else str(name).strip()
 
 
+def _confirm_moments(folder):
+    """Every file the moments axis names exists in the moments folder, before any image is made."""
+    def confirm(p, xs):
+        for x in xs:
+            name = _check_moments(x)
+            if name not in (NO_MOMENTS, FROM_MODEL):
+                try:
+                    resolve_moments_file(folder, name)
+                except Exception as exc:
+                    raise type(exc)(f"X/Y/Z '{XYZ_MOMENTS}' value {name!r}: {exc}") from None
+    return confirm
+
+
 def _check_mean(value):
     return check_mean(str(value).strip())
 
@@ -210,7 +251,7 @@ def add_xyz_axes(xyz, folder: str) -> list[str]:
     """Add the hand-off, moments, mean and solver-order axes to the X/Y/Z plot module once; returns their labels."""
     axes = [
         xyz.AxisOption(XYZ_HANDOFF, str, _override("handoff", parse_handoff), confirm=_confirm_handoffs),
-        xyz.AxisOption(XYZ_MOMENTS, str, _override("moments", _check_moments),
+        xyz.AxisOption(XYZ_MOMENTS, str, _override("moments", _check_moments), confirm=_confirm_moments(folder),
                        choices=lambda: moments_choices(folder)[1:]),
         xyz.AxisOption(XYZ_MEAN, str, _override("mean", _check_mean), choices=lambda: list(MEANS)),
         xyz.AxisOption(XYZ_ORDER, int, _override("order", check_order), confirm=_confirm_orders,
