@@ -2,8 +2,10 @@
 from images, the moments folder (safe names, listing), accumulating over runs, explained variance."""
 
 import importlib
+import importlib.util
 import os
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -170,3 +172,13 @@ def test_the_recording_model_measures_a_known_model_along_a_run(latents):
         assert record.sigmas == pytest.approx([float(s) for s in sigmas[:-1]])
         assert all(check(ev) for ev in record.score_ev[-3:]), record.score_ev
     assert "score EV" in record.table()
+
+
+def test_the_entry_file_imports_as_a_plain_module():
+    # pytest imports the checkout's __init__.py as a plain module "__init__" when the folder name is not an
+    # identifier (a clone named gaussian-teleport): it must not try its relative node import then.
+    path = Path(__file__).resolve().parents[1] / "__init__.py"
+    spec = importlib.util.spec_from_file_location("__init__", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    assert module.NODE_CLASS_MAPPINGS is None and module.NODE_DISPLAY_NAME_MAPPINGS is None
