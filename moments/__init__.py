@@ -14,6 +14,9 @@ from .files import (EXTENSION, MOMENTS_FOLDER, MomentsFiles, contained_path, is_
                     moments_from_tensors, moments_save_path, path_inside, read_header, save_moments)
 from .gaussian import gaussian_flow, gaussian_trajectory, gaussian_x0, model_implied_mean, variance_from_gain
 from .latent_formats import LATENT_FORMATS, NO_FORMAT, LatentFormat, find_latent_format, to_model_space, to_model_space_named
+from .latent_formats import ALL_LATENT_FORMATS, VAE_STATS, VIDEO_LATENT_FORMATS
+from .video import (VIDEO_STRUCTURES, VideoMoments, VideoSpatialMoments, VideoStationaryMoments, estimate_video_moments,
+                    is_video_moments, video_accumulator, video_moments_from_vae_stats)
 
 STRUCTURES = structures()
 
@@ -26,4 +29,7 @@ __all__ = [
     "moments_from_tensors", "moments_save_path", "path_inside", "read_header", "save_moments",
     "gaussian_flow", "gaussian_trajectory", "gaussian_x0", "model_implied_mean", "variance_from_gain",
     "LATENT_FORMATS", "NO_FORMAT", "LatentFormat", "find_latent_format", "to_model_space", "to_model_space_named",
+    "ALL_LATENT_FORMATS", "VAE_STATS", "VIDEO_LATENT_FORMATS",
+    "VIDEO_STRUCTURES", "VideoMoments", "VideoSpatialMoments", "VideoStationaryMoments", "estimate_video_moments",
+    "is_video_moments", "video_accumulator", "video_moments_from_vae_stats",
 ]

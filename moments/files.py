@@ -18,9 +18,12 @@ import torch
 from .base import SPACES, GaussianMoments, MomentsError, orthonormality_error
 from .eigen import DenseMoments, LowRankMoments
 from .stationary import StationaryMoments
+from .video import VIDEO_STRUCTURES, VideoSpatialMoments, VideoStationaryMoments
 
 FORMAT_NAME = "gaussian-teleport-moments"
-FORMAT_VERSION = "1"
+FORMAT_VERSION = "1"                # image structures (dense, lowrank, stationary)
+VIDEO_FORMAT_VERSION = "2"          # video structures: a reader that knows only version 1 asks to be updated
+READ_VERSIONS = (FORMAT_VERSION, VIDEO_FORMAT_VERSION)
 EXTENSION = ".safetensors"
 MOMENTS_FOLDER = "moments"          # under the host's models folder (ComfyUI, A1111, Forge)
 ORTHONORMAL_TOL = {torch.float64: 1e-8, torch.float32: 1e-3, torch.float16: 2e-2, torch.bfloat16: 5e-2}
@@ -30,13 +33,16 @@ _TENSORS = {
     "dense": ("mean", "eigvals", "eigvecs"),
     "lowrank": ("mean", "eigvals", "eigvecs", "residual"),
     "stationary": ("mean", "eigvals", "eigvecs_real", "eigvecs_imag"),
+    "video_stationary": ("mean", "eigvals", "eigvecs_real", "eigvecs_imag"),
+    "video_spatial": ("mean", "eigvals", "eigvecs_real", "eigvecs_imag"),
 }
+LAYOUTS = {3: "C,H,W", 4: "C,T,H,W"}    # the 'layout' metadata: what latent_shape's numbers are
 _DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16,
            "float64": torch.float64}
 PRECISION_KEY = "eigvecs_precision"   # the precision the eigenvectors were computed in: their tolerance on load
 OLD_FILE_PRECISION = "float32"        # files without PRECISION_KEY: every estimator computed in float32 by default
 _RESERVED = {"format", "format_version", "structure", "latent_shape", "channels", "space", "latent_format",
-             "count", "rank", "dtype", PRECISION_KEY}
+             "count", "rank", "dtype", "layout", PRECISION_KEY}
 
 AUTO_HALF_ABOVE = 2**24  # eigenvector values above which "auto" stores them in float16 (64 MiB in fp32)
 
@@ -79,10 +85,12 @@ def save_moments(moments: GaussianMoments, path: str | os.PathLike, *, dtype: st
     value_dtype = torch.float64 if vec_dtype == torch.float64 else torch.float32
     tensors = {name: t.detach().cpu().to(vec_dtype if name.startswith("eigvecs") else value_dtype).contiguous()
                for name, t in moments.tensors().items()}
-    c, h, w = moments.latent_shape
+    shape = tuple(int(s) for s in moments.latent_shape)
     meta = {
-        "format": FORMAT_NAME, "format_version": FORMAT_VERSION, "structure": moments.structure,
-        "latent_shape": f"{c},{h},{w}", "channels": str(c), "space": moments.space,
+        "format": FORMAT_NAME, "structure": moments.structure,
+        "format_version": VIDEO_FORMAT_VERSION if moments.structure in VIDEO_STRUCTURES else FORMAT_VERSION,
+        "latent_shape": ",".join(map(str, shape)), "layout": LAYOUTS[len(shape)], "channels": str(shape[0]),
+        "space": moments.space,
         "latent_format": moments.latent_format, "count": str(moments.count), "rank": str(moments.rank),
         "dtype": dtype, "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         **{k: str(v) for k, v in moments.metadata.items()},
@@ -213,9 +221,9 @@ def load_moments(path: str | os.PathLike) -> GaussianMoments:
     if meta.get("format") != FORMAT_NAME:
         raise MomentsError(f"{path} is a safetensors file but not a moments file (no '{FORMAT_NAME}' metadata); "
                            "is it a model checkpoint? Pick a file made by Estimate Moments / save_moments()")
-    if meta.get("format_version") != FORMAT_VERSION:
+    if meta.get("format_version") not in READ_VERSIONS:
         raise MomentsError(f"{path} has moments format version {meta.get('format_version')!r}; this version reads "
-                           f"{FORMAT_VERSION!r}. Update the plugin or re-estimate the moments")
+                           f"{' and '.join(map(repr, READ_VERSIONS))}. Update the plugin or re-estimate the moments")
     try:
         tensors = load_file(path)
     except (SafetensorError, OSError, ValueError) as exc:
@@ -246,8 +254,13 @@ def moments_from_tensors(tensors: dict, meta: dict, *, source: str = "moments") 
         shape = tuple(int(s) for s in meta["latent_shape"].split(","))
     except (KeyError, ValueError, AttributeError):
         raise MomentsError(f"{source}: metadata 'latent_shape' is missing or malformed") from None
-    if len(shape) != 3 or min(shape) < 1:
-        raise MomentsError(f"{source}: metadata 'latent_shape' {meta['latent_shape']!r} is not C,H,W")
+    dims = 4 if structure in VIDEO_STRUCTURES else 3
+    if len(shape) != dims or min(shape) < 1:
+        raise MomentsError(f"{source}: metadata 'latent_shape' {meta['latent_shape']!r} is not {LAYOUTS[dims]} "
+                           f"({structure} moments)")
+    if meta.get("layout", LAYOUTS[3]) != LAYOUTS[dims]:
+        raise MomentsError(f"{source}: metadata 'layout' is {meta.get('layout')!r} but {structure} moments are "
+                           f"{LAYOUTS[dims]}; the file is damaged, re-create it")
     count = _int_field(meta, "count", source, 1)
     if _int_field(meta, "channels", source, 1) != shape[0]:
         raise MomentsError(f"{source}: metadata says {meta['channels']} channels but latent_shape {shape} has "
@@ -261,7 +274,7 @@ def moments_from_tensors(tensors: dict, meta: dict, *, source: str = "moments") 
                                "The file is damaged or not a moments file")
         if not torch.isfinite(t).all():
             raise MomentsError(f"{source}: tensor '{name}' contains NaN or Inf; the file is corrupt, re-estimate it")
-    vec_dtype = tensors["eigvecs" if structure != "stationary" else "eigvecs_real"].dtype
+    vec_dtype = tensors["eigvecs" if "eigvecs" in _TENSORS[structure] else "eigvecs_real"].dtype
     stored = {v: k for k, v in _DTYPES.items()}.get(vec_dtype)
     if meta.get("dtype") != stored:
         raise MomentsError(f"{source}: metadata says eigenvectors are {meta.get('dtype')!r} but they are stored as "
@@ -281,6 +294,15 @@ def moments_from_tensors(tensors: dict, meta: dict, *, source: str = "moments") 
         eigvecs = torch.complex(values["eigvecs_real"], values["eigvecs_imag"])
         moments = StationaryMoments(mean, values["eigvals"], eigvecs, **kw)
         expect_vals, expect_vecs = (shape[1], shape[2], shape[0]), (shape[1], shape[2], shape[0], shape[0])
+    elif structure == "video_stationary":
+        eigvecs = torch.complex(values["eigvecs_real"], values["eigvecs_imag"])
+        moments = VideoStationaryMoments(mean, values["eigvals"], eigvecs, **kw)
+        expect_vals, expect_vecs = (*shape[1:], shape[0]), (*shape[1:], shape[0], shape[0])
+    elif structure == "video_spatial":
+        eigvecs = torch.complex(values["eigvecs_real"], values["eigvecs_imag"])
+        moments = VideoSpatialMoments(mean, values["eigvals"], eigvecs, **kw)
+        ct = shape[0] * shape[1]
+        expect_vals, expect_vecs = (shape[2], shape[3], ct), (shape[2], shape[3], ct, ct)
     else:
         d, k = mean.numel(), values["eigvals"].numel()
         if structure == "dense":

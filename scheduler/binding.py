@@ -6,6 +6,10 @@ the exact raw → model-space conversion, and the operator at the latent size (f
 resampled spectrum). Both hosts, the demo, the benchmarks and the calibration call it; results are
 cached (weakly: they go when the moments object goes), so repeated sampling calls with the same
 moments (ComfyUI re-running a graph, A1111 generating a batch) redo nothing.
+
+Video latents bind the same way: ``shape`` is then (C, T, H, W) and the moments are video moments
+(moments.video); image moments for a video latent, and the reverse, are refused here, before any
+model call, naming the moments to use.
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ import torch
 from ..moments.base import GaussianMoments, GaussianOperator, MomentsError
 from ..moments.gaussian import gaussian_trajectory, gaussian_x0, model_implied_mean
 from ..moments.latent_formats import NO_FORMAT, LatentFormat, find_latent_format as as_format, to_model_space
+from ..moments.video import is_video_moments
 from .parameterization import Parameterization, parameterization as as_parameterization
 
 CACHE_PER_MOMENTS = 4
@@ -69,6 +74,23 @@ def sampler_space(moments: GaussianMoments, fmt: LatentFormat | str | None) -> G
     return moments
 
 
+def check_layout(moments: GaussianMoments, shape) -> None:
+    """Image moments serve image latents (C, H, W), video moments video latents (C, T, H, W); MomentsError otherwise."""
+    shape = tuple(int(s) for s in shape)
+    dims = "×".join(map(str, shape))
+    if len(shape) not in (3, 4):
+        raise MomentsError(f"a latent is (B, C, H, W) for images or (B, C, T, H, W) for video; this one is "
+                           f"B×{dims} ({len(shape) + 1}-D), which teleport cannot serve")
+    if len(shape) == 4 and not is_video_moments(moments):
+        raise MomentsError(
+            f"the latent is a video latent (B×{dims}, B×C×T×H×W) but these are image moments ({moments.structure}, "
+            f"latent {'×'.join(map(str, moments.latent_shape))} C×H×W): video and audio latents are not served by "
+            "image moments. Load or estimate video moments for this model (moments.video: estimate_video_moments "
+            "on its video latents, or video_moments_from_vae_stats from its VAE's latents_mean / latents_std)")
+    if len(shape) == 3 and is_video_moments(moments):
+        moments.check_channels(shape)     # names the fix (image moments, or the frame axis)
+
+
 class _Cache:
     """Per moments object (weakly held): a few recent results by key."""
 
@@ -103,11 +125,13 @@ def bind_moments(moments: GaussianMoments, shape, *, latent_format: LatentFormat
                  parameterization: Parameterization | str = "ve", device=None) -> ModelGaussian:
     """The Gaussian of ``moments`` in a model's sampling space at latent ``shape`` (C, H, W), cached.
 
-    ``latent_format``: the model's (a name in LATENT_FORMATS or a LatentFormat, e.g. read off a host's
-    map); raw moments are converted exactly, moments made for another family are refused. None: the
-    moments are already in the sampler's space. Raises MomentsError naming what does not fit.
+    ``latent_format``: the model's (a name in LATENT_FORMATS or VIDEO_LATENT_FORMATS, or a LatentFormat,
+    e.g. read off a host's map); raw moments are converted exactly, moments made for another family are
+    refused. None: the moments are already in the sampler's space. ``shape`` is (C, T, H, W) for video
+    latents, which need video moments. Raises MomentsError naming what does not fit.
     """
     shape = tuple(int(s) for s in shape)
+    check_layout(moments, shape)
     fmt = None if latent_format is None else as_format(latent_format)
     param = as_parameterization(parameterization)
     if fmt is None or moments.space == "model":
