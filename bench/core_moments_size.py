@@ -51,7 +51,11 @@ def report_file(out: str | None, name: str, quick: bool = False) -> str | None:
         committed = os.path.relpath(RESULTS) if not os.path.relpath(RESULTS).startswith("..") else RESULTS
         print(f"writing to a temporary folder; give --out {committed} to replace the committed report")
         return path
-    return os.path.join(out, name) if os.path.isdir(out) or not out.endswith(".md") else out
+    path = os.path.join(out, name) if os.path.isdir(out) or not out.endswith(".md") else out
+    if quick and os.path.realpath(os.path.dirname(os.path.abspath(path))) == os.path.realpath(RESULTS):
+        raise SystemExit(f"error: --quick with --out {out} would replace the committed {name} with a smoke run's "
+                         "numbers; give another --out, or drop --quick to regenerate it")
+    return path
 
 
 def write_report(path: str | None, lines: list[str]) -> None:

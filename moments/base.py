@@ -111,6 +111,15 @@ class GaussianOperator:
         """[f(Σ) v for f in fs], sharing one projection onto the eigenbasis."""
         raise NotImplementedError
 
+    def apply_sum(self, vs: list[torch.Tensor], fs: list[Spectrum]) -> torch.Tensor:
+        """f₁(Σ)v₁ + … + fₙ(Σ)vₙ for batches vᵢ of one shape (a solver step's terms). Structures that can
+        project every vᵢ in one pass and come back once override this; the default applies each."""
+        out = None
+        for v, f in zip(vs, fs, strict=True):
+            term = self.apply(v, f)
+            out = term if out is None else out + term
+        return out
+
     @property
     def dtype(self) -> torch.dtype:
         return self.mean.dtype

@@ -47,6 +47,21 @@ class EigenOperator(GaussianOperator):
         outside = flat - back[-1]
         return [(o + f(self.residual) * outside).reshape(v.shape) for o, f in zip(back, fs)]
 
+    def apply_sum(self, vs, fs):
+        # One pass through U for every vᵢ and one back: Σᵢ fᵢ(Σ)vᵢ = U Σᵢ (fᵢ(λ) − fᵢ(λ_r)) Uᵀvᵢ + Σᵢ fᵢ(λ_r) vᵢ.
+        b = vs[0].shape[0]
+        flats = [v.reshape(b, -1) for v in vs]
+        coeffs = (torch.cat(flats) @ self.eigvecs).split(b)
+        if self.complete:
+            combo = sum(c * f(self.eigvals) for c, f in zip(coeffs, fs, strict=True))
+            return (combo @ self.eigvecs.T).reshape(vs[0].shape)
+        outside = [f(self.residual) for f in fs]
+        combo = sum(c * (f(self.eigvals) - o) for c, f, o in zip(coeffs, fs, outside, strict=True))
+        out = combo @ self.eigvecs.T
+        for flat, o in zip(flats, outside):
+            out = out + o * flat
+        return out.reshape(vs[0].shape)
+
 
 class LowRankMoments(GaussianMoments):
     """Top-k eigenpairs (eigvecs D×k, orthonormal columns) plus an isotropic residual variance."""

@@ -29,6 +29,16 @@ class StationaryOperator(GaussianOperator):
             outs.append(torch.fft.ifft2(out, norm="ortho").real)
         return outs
 
+    def apply_sum(self, vs, fs):
+        # Every vᵢ through one FFT and one product per frequency (the vᵢ as columns: one C×C by C×n·B product,
+        # not n·B matrix-vector ones), the weighted sum back through one of each.
+        b, n = vs[0].shape[0], len(vs)
+        spec = torch.fft.fft2(torch.cat(vs), norm="ortho").permute(2, 3, 1, 0).contiguous()   # H, W, C, n·B
+        coeff = (self.eigvecs.mH @ spec).unflatten(-1, (n, b))
+        gains = torch.stack([f(self.eigvals) for f in fs], -1).to(coeff.dtype)               # H, W, C, n
+        combo = (coeff * gains.unsqueeze(-1)).sum(-2)                                        # H, W, C, B
+        return torch.fft.ifft2((self.eigvecs @ combo).permute(3, 2, 0, 1), norm="ortho").real
+
 
 class StationaryMoments(GaussianMoments):
     """Per-frequency C×C covariance: eigvals (H, W, C), eigvecs (H, W, C, C) complex (columns)."""

@@ -63,7 +63,8 @@ def _legendre(n: int):
 
 
 def step_weights(form: str, variable: str, nodes: list[float], nu0: float, nu1: float, n: int = QUADRATURE):
-    """[λ ↦ Φ(ν₁)·∫_{ν₀}^{ν₁} ℓ_j(τ(ν)) K(ν; λ) dν] for the Lagrange basis ℓ_j through ``nodes`` (in τ)."""
+    """λ ↦ [∫_{ν₀}^{ν₁} ℓ_j(τ(ν)) K(ν; λ) dν]_j, stacked on a last axis, for the Lagrange basis ℓ_j through
+    ``nodes`` (in τ): the kernel is evaluated once at the quadrature points for every j."""
     gx, gw = _legendre(n)
     l0, l1 = math.log(nu0), math.log(nu1)
     logs = 0.5 * (l1 - l0) * gx + 0.5 * (l0 + l1)
@@ -77,11 +78,21 @@ def step_weights(form: str, variable: str, nodes: list[float], nu0: float, nu1: 
             if m != j:
                 b = b * (taus - nodes[m]) / (nodes[j] - nodes[m])
         basis.append(b * dnu)
+    basis = torch.stack(basis, -1)                     # (n, J)
+    return lambda lam: kernel(form, nus.to(lam), lam[..., None]) @ basis.to(lam)
 
-    def weight(bj):
-        return lambda lam: (kernel(form, nus.to(lam), lam[..., None]) * bj.to(lam)).sum(-1)
 
-    return [weight(b) for b in basis]
+def per_input(fn):
+    """``fn`` evaluated once per spectrum tensor it is called with (an operator calls each term's f on the same
+    eigenvalues; the step's terms share one weight table)."""
+    seen = {}
+
+    def cached(lam):
+        hit = seen.get(id(lam))
+        if hit is None or hit[0] is not lam:
+            hit = seen[id(lam)] = (lam, fn(lam))
+        return hit[1]
+    return cached
 
 
 def first_step_weight(nu1: float, nu0: float):
@@ -113,7 +124,7 @@ def sample_gaussian(model, x, sigmas, extra_args=None, callback=None, disable=No
     op, dtype = gauss.op, gauss.dtype
     s_in = _s_in(x)
     mu = op.mean
-    hist = []          # (σ, x, D) of the last calls, newest first
+    hist = []          # (ν, residual in its interpolated form) of the last calls, newest first
     prev = None        # (x, σ₀, σ₁) of the step just taken, for the corrector
     for i in trange(n, disable=disable):
         s, s1 = float(sigmas[i]), float(sigmas[i + 1])
@@ -123,9 +134,9 @@ def sample_gaussian(model, x, sigmas, extra_args=None, callback=None, disable=No
         if s1 == 0:
             return denoised
         check_finite(denoised, s)
-        hist = ([(s, x.to(dtype), denoised.to(dtype))] + hist)[:order + 1]
         if i == 0 and mean == "model":
             mu = gauss.implied_mean(x.to(dtype), denoised.to(dtype), s)
+        hist = ([call_point(op, mu, param, s, x.to(dtype), denoised.to(dtype), residual)] + hist)[:order + 1]
         if corrector and prev is not None:
             x = step(op, mu, param, *prev, hist[:order + 1], residual, variable).to(denoised.dtype)
         xc = x.to(dtype)
@@ -149,21 +160,35 @@ def check_finite(denoised, sigma):
                          "model, its precision and the prompt)")
 
 
-def step(op, mean, param, xc, s, s1, hist, residual, variable):
-    """x at σ₁ from xc at σ: the Gaussian part exactly, the residuals of ``hist`` through their polynomial."""
+def call_point(op, mean, param, s, x, denoised, residual):
+    """(ν, q) of one model call: its residual r = D − D_G in the form ``residual`` interpolates, computed once
+    per call. At ν = ∞ (a flow model's t = 1) q is r itself, there the shift δ of the mean."""
+    nu = param.noise_level(s)
+    r = denoised - gaussian_x0(op, x, s, param.alpha(s), mean)
+    return nu, (r if math.isinf(nu) else in_form(residual, op, r, nu))
+
+
+def step(op, mean, param, xc, s, s1, points, residual, variable):
+    """x at σ₁ from xc at σ: the Gaussian part exactly, the residuals ``points`` through their polynomial.
+
+    Every term is a function of Σ applied to one vector, so the operator sums them in one pass over its
+    eigenbasis (two (B×D)(D×k) products a step with the residual's, like the jump)."""
     a0, a1 = param.alpha(s), param.alpha(s1)
     nu0, nu1 = param.noise_level(s), param.noise_level(s1)
     psi1 = lambda lam: (a1 ** 2 * lam + s1 ** 2).sqrt()           # α₁Φ(ν₁)  # noqa: E731
-    out = a1 * mean + op.apply(xc - a0 * mean, lambda lam: psi1(lam) / (a0 ** 2 * lam + s ** 2).sqrt())
-    points = [(param.noise_level(sj), dj - gaussian_x0(op, xj, sj, param.alpha(sj), mean)) for sj, xj, dj in hist]
+    vs, fs = [xc - a0 * mean], [lambda lam: psi1(lam) / (a0 ** 2 * lam + s ** 2).sqrt()]
     if math.isinf(points[0][0]):     # from t = 1: hold the mean the call implies (there r = δ), exactly
         w = first_step_weight(nu1, nu0)
-        return out + op.apply(points[0][1], lambda lam: psi1(lam) * w(lam))
-    points = [(nu, r) for nu, r in points if not math.isinf(nu)]
-    taus = [interp_coord(variable, nu) for nu, _ in points]
-    for (nu, r), w in zip(points, step_weights(residual, variable, taus, nu0, nu1)):
-        out = out + op.apply(in_form(residual, op, r, nu), lambda lam, w=w: psi1(lam) * w(lam))
-    return out
+        vs.append(points[0][1])
+        fs.append(lambda lam: psi1(lam) * w(lam))
+    else:
+        points = [(nu, q) for nu, q in points if not math.isinf(nu)]
+        weights = step_weights(residual, variable, [interp_coord(variable, nu) for nu, _ in points], nu0, nu1)
+        table = per_input(lambda lam: psi1(lam)[..., None] * weights(lam))
+        for j, (_, q) in enumerate(points):
+            vs.append(q)
+            fs.append(lambda lam, j=j: table(lam)[..., j])
+    return a1 * mean + op.apply_sum(vs, fs)
 
 
 def in_form(form: str, op, r: torch.Tensor, nu: float) -> torch.Tensor:

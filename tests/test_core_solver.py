@@ -201,6 +201,28 @@ def test_ipndm_has_order_four_on_equal_steps():
     assert math.log(errs[0] / errs[1]) / math.log(2) >= 3.0, errs
 
 
+@pytest.mark.parametrize("structure", ["dense", "lowrank", "stationary"])
+def test_an_operator_sums_its_terms_as_the_terms_applied_one_by_one(structure):
+    """apply_sum (the solver step's one pass over the eigenbasis) against apply on each term, and the base fallback."""
+    from gaussian_teleport.moments import LowRankMoments, StationaryMoments
+    from gaussian_teleport.moments.base import GaussianOperator
+
+    g = torch.Generator().manual_seed(4)
+    m = dense_moments()
+    if structure == "lowrank":
+        m = LowRankMoments(m.mean, m.eigvals[:5], m.eigvecs[:, :5].contiguous(), 0.02, count=10, space="model")
+    elif structure == "stationary":
+        q = torch.linalg.qr(torch.randn(4, 4, 1, 1, generator=g, dtype=torch.complex128))[0]
+        m = StationaryMoments(m.mean, torch.rand(4, 4, 1, generator=g, dtype=torch.float64), q, count=10,
+                              space="model")
+    op = m.operator(SHAPE)
+    vs = [torch.randn(3, *SHAPE, generator=g, dtype=torch.float64) for _ in range(4)]
+    fs = [lambda lam, k=k: (lam + 0.1 * (k + 1)).rsqrt() * (k - 1.5) for k in range(4)]
+    expected = sum(op.apply(v, f) for v, f in zip(vs, fs))
+    assert torch.allclose(op.apply_sum(vs, fs), expected, atol=1e-12)
+    assert torch.allclose(GaussianOperator.apply_sum(op, vs, fs), expected, atol=1e-12)
+
+
 def test_lagrange_integrals_integrate_polynomials_exactly():
     nodes = [0.0, 0.5, 1.3, 2.0]
     w = lagrange_integrals(nodes, 2.0, 3.0)
