@@ -37,6 +37,7 @@ SCHEDULES = ("edm", "sd", "sd_normal", "flow")
 CONFIGS = (("digits", 1.0), ("digits", 3.0), ("digits", 5.0), ("digits", 7.0), ("patches", None))
 PEERS = ("euler", "heun", "dpmpp_2m", "ipndm", "ipndm_v", "deis", "uni_pc_bh2")
 TELEPORT_HANDOFFS = (2.0, 5.0, 10.0)          # same-budget hand-off σ in units of σ_data; the best is kept
+TELEPORT = {"mode": "same_budget", "mean": "model", "handoffs": list(TELEPORT_HANDOFFS)}   # written to the results
 FINE_STEPS = 200
 FLOW_SHIFT = 3.0
 FLOW_CAP = 1e4                                # t = 1 is evaluated at this VE noise level (the model's limit)
@@ -115,8 +116,9 @@ def plain(name):
 def teleport(inner, ratio):
     def build(ctx, b):
         fn = make_teleport_sampler(inner, ctx["moments"], Handoff("sigma", ratio * ctx["sigma_data"]),
-                                   mode="same_budget", mean="model", parameterization=ctx["param"])
+                                   mode=TELEPORT["mode"], mean=TELEPORT["mean"], parameterization=ctx["param"])
         return fn, b - 1                      # the model mean's probe is one of the budget's calls
+    build.handoff = ratio                     # recorded with the row it wins (σ_data units)
     return build
 
 
@@ -165,7 +167,9 @@ def converged(model, noise, schedule, sigma_data, ends, extra):
     return out
 
 
-def run_config(ref, cfg, schedule, noise, labels, classifier, real_stats, budgets, log):
+@torch.no_grad()
+def run_config(ref, cfg, schedule, noise, labels, classifier, real_stats, budgets, log, methods=None):
+    """{method: [best row per budget]}; ``methods`` a subset of method_table(); FD only with a classifier."""
     sd = ref.sigma_data
     base = ref.model if cfg is None or cfg == 1.0 else GuidedDenoiser(ref.model, cfg)
     extra = {"class_labels": labels} if labels is not None else {}
@@ -174,7 +178,7 @@ def run_config(ref, cfg, schedule, noise, labels, classifier, real_stats, budget
     if schedule == "flow":
         model = FlowView(model)
     ctx = {"moments": moments, "sigma_data": sd, "param": "flow" if schedule == "flow" else "ve"}
-    methods = method_table()
+    methods = method_table() if methods is None else methods
     ends = {FLOW_END} if schedule == "flow" else set()
     for b in budgets if schedule != "flow" else ():
         for builders in methods.values():
@@ -209,7 +213,11 @@ def run_config(ref, cfg, schedule, noise, labels, classifier, real_stats, budget
                     err = math.inf
                 if best is None or err < best["error"]:
                     best = {"budget": b, "calls": counted.calls, "error": err, "x": x}
-            if best is not None:
+                    if hasattr(build, "handoff"):
+                        best["handoff"] = build.handoff
+            if best is not None and classifier is None:
+                best.pop("x")
+            elif best is not None:
                 best["fd"] = (frechet_distance(gaussian_stats(features(classifier, best.pop("x").float())),
                                                real_stats) if math.isfinite(best["error"]) else math.inf)
             rows[name].append(best)
@@ -217,18 +225,69 @@ def run_config(ref, cfg, schedule, noise, labels, classifier, real_stats, budget
     return rows
 
 
+def inputs(ref, samples: int):
+    """The noise every method starts from, and the class labels of a conditional model (else None)."""
+    gen = torch.Generator().manual_seed(1234)
+    noise = torch.randn((samples, *ref.shape), generator=gen)
+    return noise, (torch.arange(samples) % 10 if ref.model.cfg.num_classes else None)
+
+
+def selected(opts, config) -> bool:
+    return (config["model"] in opts.models and config["schedule"] in opts.schedules
+            and (opts.cfgs is None or config["cfg"] is None or config["cfg"] in opts.cfgs))
+
+
+def fill_handoffs(opts, log=print) -> dict:
+    """Record which hand-off won each teleport row of <--out>/solvers.json (results from before rows kept it).
+
+    Reruns only the teleport methods of the selected configurations that lack it (no FD), and refuses a
+    rerun whose errors or calls differ from the committed ones (relative 1e-6): the results are reproduced,
+    not replaced.
+    """
+    path = os.path.join(opts.out, "solvers.json")
+    with open(path, encoding="utf-8") as f:
+        results = json.load(f)
+    teleports = {k: v for k, v in method_table().items() if k.startswith("teleport")}
+    refs = {}
+    for c in results["configs"]:
+        todo = [r for m in teleports for r in c["rows"].get(m, []) if r is not None and "handoff" not in r]
+        if not selected(opts, c) or not todo:
+            continue
+        if c["model"] not in refs:
+            ref = load_reference(c["model"])
+            refs[c["model"]] = (ref, *inputs(ref, results["samples"]))
+        ref, noise, labels = refs[c["model"]]
+        log(f"[{c['model']} cfg {c['cfg'] or '–'} {c['schedule']}] teleport rows only")
+        rows = run_config(ref, c["cfg"], c["schedule"], noise, labels, None, None, results["budgets"], log,
+                          methods=teleports)
+        worst = 0.0
+        for m in teleports:
+            for old, new in zip(c["rows"][m], rows[m]):
+                if old is None and new is None:
+                    continue
+                if old is None or new is None or old["calls"] != new["calls"] or not math.isclose(
+                        old["error"], new["error"], rel_tol=1e-6):
+                    raise RuntimeError(f"{c['model']} cfg {c['cfg']} {c['schedule']} {m}: the rerun gives {new}, "
+                                       f"the results {old}; not reproduced, nothing written for it")
+                worst = max(worst, abs(new["error"] - old["error"]) / old["error"])
+                old["handoff"] = new["handoff"]
+        results.setdefault("teleport", TELEPORT)
+        log(f"  reproduced (largest relative difference {worst:.1e}); hand-offs recorded")
+        with open(path, "w", encoding="utf-8") as f:
+            json.dump(results, f, indent=1)
+    return results
+
+
 def run(opts, log=print) -> dict:
     results = {"budgets": list(opts.budgets), "samples": opts.samples, "fine_steps": FINE_STEPS,
-               "forms": {k: v for k, v in GAUSSIAN.items()}, "configs": []}
+               "forms": {k: v for k, v in GAUSSIAN.items()}, "teleport": TELEPORT, "configs": []}
     for name in opts.models:
         ref = load_reference(name)
         data = load_dataset(name, seed=0)
         torch.manual_seed(0)
         classifier = train_classifier(data.images, data.labels, data.num_classes, steps=opts.classifier_steps)
         real_stats = gaussian_stats(features(classifier, data.images))
-        gen = torch.Generator().manual_seed(1234)
-        noise = torch.randn((opts.samples, *ref.shape), generator=gen)
-        labels = torch.arange(opts.samples) % 10 if ref.model.cfg.num_classes else None
+        noise, labels = inputs(ref, opts.samples)
         for model_name, cfg in CONFIGS:
             if model_name != name or (opts.cfgs is not None and cfg not in opts.cfgs and cfg is not None):
                 continue
@@ -258,7 +317,8 @@ SHORT = {"teleport + dpmpp_2m (best hand-off)": "teleport+dpmpp_2m", "teleport +
 def winner(rows, i) -> str:
     err, name = min((r[i]["error"], n) for n, r in rows.items() if r[i] is not None)
     peer = best_peer(rows, i)[0]
-    return f"{SHORT.get(name, name)} ({err / peer:.2f})"
+    at = f" @{rows[name][i]['handoff']:g}" if "handoff" in rows[name][i] else ""
+    return f"{SHORT.get(name, name)}{at} ({err / peer:.2f})"
 
 
 def matching_calls(rows, name, target):
@@ -282,8 +342,9 @@ def report(results) -> list[str]:
     for c in results["configs"]:
         lines.append(f"| {c['model']} | {c['cfg'] or '–'} | {c['schedule']} | "
                      + " | ".join(winner(c["rows"], i) for i in range(len(budgets))) + " |")
-    lines += ["", "Each cell: the winner and its error as a share of the best plain sampler's (1 = a plain "
-              "sampler wins).", ""]
+    lines += ["", "Each cell: the winner (@h: teleport's hand-off in σ_data, where recorded) and its error as a "
+              "share of the best plain sampler's (1 = a plain sampler wins). What the product recommends from "
+              "these: `recommendations.md` (`python -m gaussian_teleport.bench.recommend`).", ""]
     lines += ["## The Gaussian solver (default) against the best plain sampler at each budget", "",
               "| model | CFG | schedule | " + " | ".join(f"{b} calls" for b in budgets) + " |",
               "|---|---|---|" + "---|" * len(budgets)]
@@ -371,6 +432,9 @@ def parse(argv=None):
     p.add_argument("--out", default=None, help="folder for solvers.md/.json/.png (default: bench/results; "
                    "--quick: a temporary folder)")
     p.add_argument("--report-only", action="store_true", help="rewrite solvers.md/.png from <--out>/solvers.json")
+    p.add_argument("--fill-handoffs", action="store_true", help="record the winning hand-off in <--out>/solvers.json's "
+                   "teleport rows that lack it (reruns those rows only, for --models/--schedules/--cfgs, and checks "
+                   "they reproduce the stored errors), then rewrite solvers.md/.png")
     opts = p.parse_args(argv)
     if opts.samples < 2:
         p.error(f"--samples must be at least 2, got {opts.samples}")
@@ -385,6 +449,11 @@ def parse(argv=None):
 
 def main(argv=None):
     opts = parse(argv)
+    if opts.fill_handoffs:
+        if not os.path.isfile(os.path.join(opts.out, "solvers.json")):
+            raise SystemExit(f"--fill-handoffs: no solvers.json in {opts.out}")
+        fill_handoffs(opts)
+        opts.report_only = True
     if opts.report_only:
         with open(os.path.join(opts.out, "solvers.json"), encoding="utf-8") as f:
             results = json.load(f)

@@ -1,18 +1,24 @@
-"""Command line: calibrate the hand-off for a model, sampler and schedule.
+"""Command line: calibrate the hand-off for a model, sampler and schedule; recommend a method for a budget.
 
     python -m gaussian_teleport.scheduler calibrate --model digits --sampler heun --schedule edm --steps 18
     python -m gaussian_teleport.scheduler calibrate --model digits --cfg 3 --label 7 --moments model
     python -m gaussian_teleport.scheduler calibrate --model mypkg.models:load --moments m.safetensors --schedule karras
+    python -m gaussian_teleport.scheduler recommend --calls 6 --schedule sd --cfg 5
 
 ``--model`` is a shipped reference model (digits, patches), a weights file from reference.train, or
 ``module:function`` returning (model, latent_shape, parameterization) for any k-diffusion-form
 denoiser. ``--moments``: ``data`` (the reference model's shipped moments), ``model`` (read off the
 model, no images) or a moments file. It prints the measured hand-offs and the recommendation.
+
+``recommend`` runs nothing: it answers from the committed fixed-budget benchmark on the reference models
+(bench/results/solvers.json) with the fastest sampler, teleport or Gaussian-solver form measured at that
+budget, schedule and CFG, its error against the best plain sampler, and where the figures come from.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import sys
 
@@ -22,6 +28,7 @@ from ..moments import MomentsError, estimate_moments_from_model, load_moments
 from .calibrate import DEFAULT_TOLERANCE, calibrate_handoff
 from .samplers import SAMPLERS
 from .parameterization import parameterization
+from .recommend import CFGS as MEASURED_CFGS, SCHEDULES as MEASURED_SCHEDULES, recommend_sampler
 from .schedules import REFERENCE_SCHEDULES, get_sigmas_flow, get_sigmas_karras, make_sigmas
 from .settings import DEFAULT_MEAN, MEANS
 
@@ -76,6 +83,12 @@ def calibrate(args) -> int:
     result = calibrate_handoff(model, x, sigmas.to(x.dtype), SAMPLERS[args.sampler], moments=moments, mean=args.mean,
                                parameterization=param, extra_args=extra_args, tolerance=args.tolerance)
     print(result.report())
+    return 0
+
+
+def recommend(args) -> int:
+    rec = recommend_sampler(args.calls, args.schedule, args.cfg)
+    print(json.dumps(rec.as_dict(), indent=1, ensure_ascii=False) if args.json else rec.describe())
     return 0
 
 
@@ -144,6 +157,20 @@ def parser() -> argparse.ArgumentParser:
     cal.add_argument("--label", type=integer(0, "labels are 0 or more"), default=None,
                      help="class label (class-conditional reference models; default: none, unconditional)")
     cal.set_defaults(fn=calibrate)
+    rec = sub.add_parser("recommend", help="the fastest sampler, teleport or Gaussian-solver form measured for a "
+                         "budget (runs nothing)", formatter_class=Defaults,
+                         description="The fastest combination the fixed-budget benchmark measured on the reference "
+                                     "models at this many model calls (bench/results/solvers.json); an unmeasured "
+                                     "budget or CFG gets the nearest measured one, and the answer says so.")
+    rec.add_argument("--calls", type=integer(1, "a budget is at least 1 model call"), required=True,
+                     help="model calls per image (required; no default)")
+    rec.add_argument("--schedule", choices=tuple(MEASURED_SCHEDULES), default="sd",
+                     help="; ".join(f"{k}: {v}" for k, v in MEASURED_SCHEDULES.items()).replace("%", "%%"))
+    rec.add_argument("--cfg", type=number(False, "the guidance scale"), default=1.0,
+                     help="classifier-free guidance scale (1: no guidance; measured: "
+                          + ", ".join(f"{c:g}" for c in MEASURED_CFGS) + ")")
+    rec.add_argument("--json", action="store_true", help="print it as JSON")
+    rec.set_defaults(fn=recommend)
     return ap
 
 
