@@ -276,7 +276,7 @@ def compare(args) -> dict:
     steps = DEFAULT_STEPS[args.sampler] if args.steps is None else args.steps
     sigmas = make_sigmas(args.schedule, steps, sd)
     handoff = Handoff.parse(args.handoff) if args.handoff else default_handoff(ref.moments)
-    plan = plan_teleport(sigmas, handoff, args.mode, mean=args.mean)
+    plan = plan_teleport(sigmas, handoff, args.mode, mean=args.mean, can_respace=True)  # as sample_teleport plans
     model, extra_args = conditioning(ref, seeds, args.label, args.cfg)
 
     noise = seeded_noise(seeds, ref.shape)

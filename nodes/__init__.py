@@ -1,6 +1,6 @@
 """ComfyUI nodes for Gaussian Teleport (V3 node API, comfy_api.latest), one feature per file:
 
-- estimate.py: Estimate Moments (Images, Latents, Model)
+- estimate.py: Estimate Moments (Images, Latents, Model); fingerprint.py: the stable identities its cache keys on
 - moments_files.py: Save Moments, Load Moments, the models/moments folder
 - sampling.py: Gaussian Teleport Sampler, Attach Teleport Moments (+ the KSampler's teleport_* entries), Teleport Sigmas
 - gaussian_solver.py: Gaussian Solver Sampler (+ the KSampler's gaussian_solver entry)

@@ -6,14 +6,13 @@ import logging
 import math
 
 import comfy.sample
-import comfy.samplers
 from comfy_api.latest import io, ui
 
 from ..scheduler.calibrate import DEFAULT_TOLERANCE, calibrate_handoff
 from .comfy_model import model_facts, run_in_guider
 from .estimate import progress_bar
 from .plots import plot_change_versus_calls, plot_explained_variance
-from .sampling import inner_sampler, sampler_name_problem
+from .sampling import inner_sampler, sampler_name_input, sampler_name_problem
 from .widgets import CATEGORY, mean_input, moments_input
 
 log = logging.getLogger("gaussian_teleport")
@@ -36,8 +35,7 @@ class GaussianTeleportCalibrate(io.ComfyNode):
                                 "enough), e.g. Empty Latent Image."),
                 moments_input(),
                 io.Noise.Input("noise", tooltip="Noise for the samples, e.g. RandomNoise."),
-                io.Combo.Input("sampler_name", options=comfy.samplers.SAMPLER_NAMES, default="euler",
-                               tooltip="The sampler you finish with (the one the teleport sampler will run)."),
+                sampler_name_input("The sampler you finish with (the one the teleport sampler will run)."),
                 mean_input(),
                 io.Float.Input("tolerance", default=DEFAULT_TOLERANCE, min=0.001, max=1.0, step=0.001, tooltip=(
                     "How much the final image may change: the paired RMSE to the plain run over the spread between "

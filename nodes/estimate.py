@@ -15,6 +15,7 @@ from comfy_api.latest import io
 from ..moments.estimate import estimate_moments_from_images, start_accumulator
 from ..moments.from_model import DEFAULT_MODEL_RANK, DEFAULT_SIGMA, estimate_moments_from_model
 from .comfy_model import patcher_facts, run_in_guider
+from .fingerprint import fingerprint, model_fingerprint
 from .widgets import CATEGORY, Moments, moments_input, rank_input, structure_input
 
 
@@ -146,8 +147,11 @@ def zeroed(conditioning):
 
 
 def cache_key(model, conditioning, settings) -> tuple:
-    cond = tuple(id(c[0]) for c in conditioning) if conditioning is not None else None
-    return (id(model.model), getattr(model, "patches_uuid", None), cond, settings)
+    """What the estimate depends on, by stable identities: the network (a token that dies with it, never a reused
+    id), its weight patches, the content of its object patches (model_sampling), model_options (wrappers, patches)
+    and hooks, and the content of the conditioning."""
+    cond = None if conditioning is None else fingerprint(conditioning)
+    return (model_fingerprint(model), cond, settings)
 
 
 class GaussianTeleportEstimateMomentsModel(io.ComfyNode):
@@ -176,7 +180,11 @@ class GaussianTeleportEstimateMomentsModel(io.ComfyNode):
                 io.Combo.Input("prompt", options=["unconditional", "as given"], default="unconditional", tooltip=(
                     "unconditional: moments of everything the model draws (recommended; the samplers' model mean "
                     "adds the prompt). as given: moments for the connected conditioning.")),
-                io.Int.Input("seed", default=0, min=0, max=2**31 - 1, tooltip="Seed of the probe noise."),
+                # control_after_generate=False: the frontend otherwise adds a "randomize" control to every INT
+                # named seed, and each Queue would read the model again with other noise
+                io.Int.Input("seed", default=0, min=0, max=2**31 - 1, control_after_generate=False, tooltip=(
+                    "Seed of the probe noise. It stays as set (no randomize after each run), so the moments are "
+                    "read once and then served from the cache.")),
             ],
             outputs=[Moments.Output(display_name="moments", tooltip="Model-space Gaussian moments; plug into the "
                                     "samplers or Save Moments.")],
@@ -188,15 +196,15 @@ class GaussianTeleportEstimateMomentsModel(io.ComfyNode):
         channels = int(getattr(comfy_format, "latent_channels", 4))
         shape = (channels, height // 8, width // 8)
         settings = (shape, structure, rank, float(sigma), prompt, seed)
-        key = cache_key(model, conditioning, settings)
-        with _CACHE_LOCK:
-            cached = _CACHE.get(key)
-        if cached is not None:
-            return io.NodeOutput(cached, ui={"text": (f"{cached.describe()} (cached)",)})
         if conditioning is None:
             cond = zero_conditioning(model)
         else:
             cond = zeroed(conditioning) if prompt == "unconditional" else conditioning
+        key = cache_key(model, cond, settings)       # the conditioning the model is called with
+        with _CACHE_LOCK:
+            cached = _CACHE.get(key)
+        if cached is not None:
+            return io.NodeOutput(cached, ui={"text": (f"{cached.describe()} (cached)",)})
         fmt, param = patcher_facts(model, channels)
 
         def estimate(model_k, x, sigmas, extra_args):

@@ -1,4 +1,7 @@
-"""Small plots drawn with Pillow (ComfyUI ships it), returned as IMAGE tensors (1, H, W, 3)."""
+"""Small plots drawn with Pillow (ComfyUI ships it), returned as IMAGE tensors (1, H, W, 3).
+
+Pillow's default font has no σ, ×, → or ≤ (they draw as empty boxes), so every label is written in ASCII.
+"""
 
 from __future__ import annotations
 
@@ -13,14 +16,45 @@ NINES = 5        # the EV plot's y axis is −log10(1 − EV): 0 (EV ≤ 0) up t
 BLUE, GREY, RED, GREEN = (30, 80, 200), (150, 150, 150), (200, 60, 60), (20, 150, 60)
 
 
+ASCII = {"σ": "sigma", "Σ": "Sigma", "α": "alpha", "λ": "lambda", "μ": "mu", "×": "x", "→": "->", "←": "<-",
+         "≤": "<=", "≥": ">=", "≈": "~", "−": "-", "–": "-", "—": "-", "…": "...", "·": "*", "²": "^2", "√": "sqrt",
+         "∞": "inf", "’": "'", "‘": "'", "“": '"', "”": '"'}
+
+
+def ascii_label(text: str) -> str:
+    """``text`` in characters every font has: σ → sigma, × → x, → → ->; anything else outside ASCII → '?'."""
+    out = "".join(ASCII.get(c, c) for c in str(text))
+    return out.encode("ascii", "replace").decode("ascii")
+
+
+class _Draw:
+    """ImageDraw whose text is always ASCII (see the module's docstring)."""
+
+    def __init__(self, draw):
+        self._draw = draw
+
+    def text(self, xy, text, **kw):
+        self._draw.text(xy, ascii_label(text), **kw)
+
+    def __getattr__(self, name):
+        return getattr(self._draw, name)
+
+
 def _canvas():
     from PIL import Image, ImageDraw
 
     img = Image.new("RGB", (WIDTH, HEIGHT), (255, 255, 255))
-    draw = ImageDraw.Draw(img)
+    draw = _Draw(ImageDraw.Draw(img))
     box = (MARGIN_L, MARGIN_T, WIDTH - MARGIN_R, HEIGHT - MARGIN_B)
     draw.rectangle(box, outline=(0, 0, 0))
     return img, draw, box
+
+
+def _log_ticks(lo: float, hi: float) -> list[float]:
+    """1-2-5 values between lo and hi (decades only when the range spans more than two)."""
+    marks = (1,) if math.log10(hi / lo) > 2 else (1, 2, 5)
+    return [m * 10.0**e for e in range(math.floor(math.log10(lo)), math.ceil(math.log10(hi)) + 1) for m in marks
+            if lo <= m * 10.0**e <= hi]
 
 
 def _tensor(img) -> torch.Tensor:
@@ -41,9 +75,14 @@ def plot_change_versus_calls(curve, tolerance: float, calls_plain: int, recommen
     ratios = [max(c.change / tolerance, 1e-3) for c in curve] + [1.0]
     lo_r, hi_r = min(ratios) / 2, max(ratios) * 2
     y_of = lambda r: y1 - (math.log(max(r, lo_r)) - math.log(lo_r)) / (math.log(hi_r) - math.log(lo_r)) * (y1 - y0)  # noqa: E731
+    for v in _log_ticks(lo_r * tolerance, hi_r * tolerance):        # y-axis values: the change itself
+        y = y_of(v / tolerance)
+        draw.line([x0 - 4, y, x0, y], fill=(0, 0, 0))
+        draw.line([x0 + 1, y, x1 - 1, y], fill=(235, 235, 235))
+        draw.text((4, y - 6), f"{v:g}", fill=(0, 0, 0))
     yt = y_of(1.0)
     draw.line([x0, yt, x1, yt], fill=RED)
-    draw.text((x0 + 4, yt - 14), "tolerance", fill=RED)
+    draw.text((x0 + 4, yt - 14), f"tolerance {tolerance:g}", fill=RED)
     for calls in range(int(lo_c) + 1, int(hi_c)):
         if calls % 5 == 0:
             draw.line([x_of(calls), y1, x_of(calls), y1 + 4], fill=(0, 0, 0))
@@ -59,7 +98,9 @@ def plot_change_versus_calls(curve, tolerance: float, calls_plain: int, recommen
         xr = x_of(recommended.calls)
         draw.line([xr, y0, xr, y1], fill=GREEN, width=2)
     draw.text((x0, 8), title, fill=(0, 0, 0))
-    draw.text((x0, 20), "change over the tolerance (log) against model calls; green: within", fill=(80, 80, 80))
+    draw.text((x0, 20), "change of the image (log) against model calls. Green: within the tolerance",
+              fill=(80, 80, 80))
+    draw.text((4, y0 - 12), "change", fill=(0, 0, 0))
     draw.text(((x0 + x1) // 2 - 30, HEIGHT - 18), "model calls", fill=(0, 0, 0))
     return _tensor(img)
 
@@ -86,13 +127,10 @@ def plot_explained_variance(sigmas, score_ev, denoiser_ev, recommended: float | 
         y = y_of(ev)
         draw.line([x0, y, x1, y], fill=(225, 225, 225))
         draw.text((4, y - 6), f"{ev:g}" if ev > 0 else "<= 0", fill=(0, 0, 0))
-    for e in range(math.floor(math.log10(lo)), math.ceil(math.log10(hi)) + 1):
-        for m in (1, 2, 5):
-            s = m * 10.0**e
-            if lo <= s <= hi:
-                x = _log_x(s, lo, hi, (x0, y0, x1, y1))
-                draw.line([x, y0, x, y1], fill=(235, 235, 235))
-                draw.text((x - 8, y1 + 4), f"{s:g}", fill=(0, 0, 0))
+    for s in _log_ticks(lo, hi):
+        x = _log_x(s, lo, hi, (x0, y0, x1, y1))
+        draw.line([x, y0, x, y1], fill=(235, 235, 235))
+        draw.text((x - 8, y1 + 4), f"{s:g}", fill=(0, 0, 0))
     for column, colour, width in ((2, GREY, 1), (1, BLUE, 3)):
         line = [(_log_x(p[0], lo, hi, (x0, y0, x1, y1)), y_of(p[column])) for p in pts]
         if len(line) > 1:

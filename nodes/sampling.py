@@ -15,7 +15,7 @@ from ..scheduler.handoff import Handoff, plan_teleport
 from ..scheduler.settings import TeleportSettings
 from .comfy_model import (SOLVER_FUNCTION, SOLVER_NAME, TELEPORT_FUNCTION, find_on_chain, parameterization_of,
                           teleport_function)
-from .widgets import CATEGORY, handoff_inputs, moments_input, settings_problem
+from .widgets import CATEGORY, handoff_inputs, moments_input
 
 ATTACHMENT_KEY = "gaussian_teleport"
 TELEPORT_PREFIX = "teleport_"
@@ -53,6 +53,15 @@ def inner_sampler(sampler_name: str, sampler=None):
     return sampler
 
 
+def plain_sampler_names() -> list[str]:
+    """The KSampler's samplers that can run after the jump: not this pack's teleport_* and gaussian_* entries."""
+    return [n for n in comfy.samplers.SAMPLER_NAMES if not n.startswith((TELEPORT_PREFIX, "gaussian_"))]
+
+
+def sampler_name_input(tooltip: str):
+    return io.Combo.Input("sampler_name", options=plain_sampler_names(), default="euler", tooltip=tooltip)
+
+
 def sampler_name_problem(sampler_name) -> str | bool:
     if sampler_name is None:
         return True
@@ -77,9 +86,8 @@ class GaussianTeleportSampler(io.ComfyNode):
                         "models.",
             inputs=[
                 moments_input(),
-                io.Combo.Input("sampler_name", options=comfy.samplers.SAMPLER_NAMES, default="euler", tooltip=(
-                    "The inner sampler that finishes the schedule after the jump (the KSampler list, including "
-                    "samplers other packs add).")),
+                sampler_name_input("The inner sampler that finishes the schedule after the jump (the KSampler "
+                                   "list, including samplers other packs add)."),
                 *handoff_inputs(),
                 io.Sampler.Input("sampler", optional=True, tooltip=(
                     "Optional: a SAMPLER (e.g. from KSamplerSelect or another pack) to use as the inner sampler "
@@ -89,9 +97,11 @@ class GaussianTeleportSampler(io.ComfyNode):
         )
 
     @classmethod
-    def validate_inputs(cls, sampler_name=None, handoff_kind=None, handoff_value=None, mode=None, mean=None):
-        problem = sampler_name_problem(sampler_name)
-        return problem if problem is not True else settings_problem(handoff_kind, handoff_value, mode, mean)
+    def validate_inputs(cls, sampler_name=None):
+        # one input only: ComfyUI shows a refusal once under every input validate_inputs takes. The combos and
+        # the hand-off's range are checked by ComfyUI itself; a hand-off value that does not fit its unit (steps
+        # 2.5) is refused when the node runs, before any sampling.
+        return sampler_name_problem(sampler_name)
 
     @classmethod
     def execute(cls, moments, sampler_name, handoff_kind, handoff_value, mode, mean, sampler=None) -> io.NodeOutput:
@@ -114,10 +124,6 @@ class GaussianTeleportAttachMoments(io.ComfyNode):
             outputs=[io.Model.Output(display_name="model", tooltip=f"The model with moments attached; pick "
                                      f"{ATTACH_USERS} in the KSampler.")],
         )
-
-    @classmethod
-    def validate_inputs(cls, handoff_kind=None, handoff_value=None, mode=None, mean=None):
-        return settings_problem(handoff_kind, handoff_value, mode, mean)
 
     @classmethod
     def execute(cls, model, moments, handoff_kind, handoff_value, mode, mean) -> io.NodeOutput:
@@ -152,10 +158,6 @@ class GaussianTeleportSigmas(io.ComfyNode):
         )
 
     @classmethod
-    def validate_inputs(cls, handoff_kind=None, handoff_value=None, mode=None):
-        return settings_problem(handoff_kind, handoff_value, mode)
-
-    @classmethod
     def execute(cls, sigmas, handoff_kind, handoff_value, mode, model=None) -> io.NodeOutput:
         if model is not None:
             param = parameterization_of(model.get_model_object("model_sampling"))
@@ -164,7 +166,7 @@ class GaussianTeleportSigmas(io.ComfyNode):
                              "connect the model to Teleport Sigmas so the hand-off sigma is read right")
         else:
             param = "ve"
-        plan = plan_teleport(sigmas, Handoff(handoff_kind, handoff_value), mode, param)
+        plan = plan_teleport(sigmas, Handoff(handoff_kind, handoff_value), mode, param, can_respace=True)
         return io.NodeOutput(plan.sigmas.to(sigmas.dtype), float(plan.noise_level_to), int(plan.skipped),
                              ui={"text": (plan.summary(),)})
 

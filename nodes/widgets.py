@@ -1,11 +1,11 @@
-"""Inputs several Gaussian Teleport nodes share, their tooltips, and the check they get at submission."""
+"""Inputs several Gaussian Teleport nodes share, and their tooltips."""
 
 from __future__ import annotations
 
 from comfy_api.latest import io
 
 from ..moments.base import DEFAULT_RANK
-from ..scheduler.handoff import KINDS, MODES, Handoff
+from ..scheduler.handoff import KINDS, MODES
 from ..scheduler.settings import DEFAULT_HANDOFF, DEFAULT_MEAN, DEFAULT_MODE, MEANS
 
 CATEGORY = "Gaussian Teleport"
@@ -54,16 +54,3 @@ def mean_input():
         "model: prompt-aware: one extra model call reads each image's mean from the model itself (your prompt, "
         "CFG, LoRA and ControlNet included). data: jump with the moments' own mean (no extra call; ignores the "
         "prompt, so under CFG the images drift)."))
-
-
-def settings_problem(handoff_kind=None, handoff_value=None, mode=None, mean=None) -> str | bool:
-    """True, or what is wrong with the hand-off widgets (linked values are None at submission and skipped)."""
-    for name, value, allowed in (("handoff_kind", handoff_kind, KINDS), ("mode", mode, MODES), ("mean", mean, MEANS)):
-        if value is not None and value not in allowed:
-            return f"{name} {value!r} is not one of {list(allowed)}"
-    if handoff_kind is not None and handoff_value is not None:
-        try:
-            Handoff(handoff_kind, handoff_value)
-        except ValueError as exc:
-            return str(exc)
-    return True

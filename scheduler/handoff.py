@@ -3,7 +3,11 @@
 The hand-off is given in one of three units:
 - ``sigma``: a noise level σ/α (the unit rule of parameterization.py: the same number on every
   model; ∞ means "never jump"); in "save" mode the jump lands on the first schedule sigma at or below it, within a
-  relative tolerance of 1e-3 so that a value printed to 4 significant digits lands on the same step;
+  relative tolerance of 1e-3 so that a value printed to 4 significant digits lands on the same step. It never
+  lands far past the hand-off: when that sigma is below LANDING_FLOOR × the hand-off (a coarse schedule: 2–8
+  steps), a caller that runs the plan's sigmas (``can_respace``, every k-diffusion host) lands on the hand-off
+  itself and the sampler's remaining steps are re-spaced below it; any other caller lands on the last schedule
+  step above the hand-off (or does not jump, saying why);
 - ``steps``: how many of the schedule's steps the jump replaces (a whole number);
 - ``fraction``: the share of the schedule's steps the jump replaces (rounded to whole steps).
 
@@ -11,6 +15,10 @@ Schedule modes:
 - ``save``: drop the replaced steps, so the sampler makes fewer model calls;
 - ``same_budget``: re-space the sampler's original number of steps over [hand-off, end], following
   the original schedule's shape in log-sigma, so the call count matches the run without teleport.
+
+A schedule that ends above 0 is a stage of a longer run (SplitSigmas): when the hand-off is at or below its
+last sigma, the jump replaces all its steps and reaches that sigma in closed form (a jump-only stage); the
+next stage continues from there.
 """
 
 from __future__ import annotations
@@ -27,6 +35,7 @@ KINDS = ("sigma", "steps", "fraction")
 MODES = ("save", "same_budget")
 SIGMA_RTOL = 1e-3       # a typed-back σ with 4 significant digits lands on the same schedule step
 FLOW_LOWEST_SIGMA = 1.0  # below σ 1 (t 0.5) a flow hand-off replaces most of the range: see plan_teleport
+LANDING_FLOOR = 0.8      # a save-mode jump lands on a schedule step only down to 0.8 × the hand-off's noise level
 
 
 @dataclass(frozen=True)
@@ -90,6 +99,7 @@ class TeleportPlan:
     parameterization: Parameterization = VE
     mean: str = "data"         # where the jump's mean comes from: "data" (the moments) or "model" (one call)
     _original: torch.Tensor | None = None
+    note: str = ""             # how the landing was chosen, when it is not simply the schedule's step
 
     @property
     def sampler_steps(self) -> int:
@@ -125,11 +135,15 @@ class TeleportPlan:
         probe = ", mean from one model call" if self.probe_calls else ""
         jump = (f"teleport: jumped {self.where(self.sigma_from)} → {self.where(self.sigma_to)} in closed form "
                 f"{self.reason}{probe}")
+        note = f" ({self.note})" if self.note else ""
+        if self.sampler_steps == 0:
+            return f"{jump}, replacing all {self.steps} steps; the sampler runs none{note}"
         if self.mode == "save":
-            return (f"{jump}, replacing {self.skipped} of {self.steps} steps; the sampler runs the last "
-                    f"{self.sampler_steps}")
+            runs = "runs" if self.note else "runs the last"
+            return (f"{jump}, replacing {self.skipped} of {self.steps} steps; the sampler {runs} "
+                    f"{self.sampler_steps}{note}")
         return (f"{jump} (the noise range of the first {self.skipped} of {self.steps} steps); same_budget: the "
-                f"sampler runs all {self.sampler_steps} steps, re-spaced below the hand-off")
+                f"sampler runs all {self.sampler_steps} steps, re-spaced below the hand-off{note}")
 
     def short(self) -> str:
         """A short value for image metadata: '14.61→4.5, 5/20 steps replaced, save' or 'no jump (…)'."""
@@ -195,11 +209,13 @@ def skipped_steps(sigmas: torch.Tensor, handoff: Handoff, param: Parameterizatio
 
 def plan_teleport(sigmas: torch.Tensor, handoff: Handoff | str, mode: str = "save",
                   parameterization: Parameterization | str = VE, *, mean: str = "data",
-                  no_jump: str | None = None, img2img: bool = False) -> TeleportPlan:
+                  no_jump: str | None = None, img2img: bool = False, can_respace: bool = False) -> TeleportPlan:
     """Decide the jump and the sampler's schedule; ValueError for an impossible hand-off.
 
     ``no_jump`` is a host's reason to run the sampler unchanged (an inpainting mask); ``img2img`` says the
-    start latent carries an image, which the summary then mentions.
+    start latent carries an image, which the summary then mentions. ``can_respace``: the caller runs the
+    plan's ``sigmas`` (any k-diffusion sampler), so a hand-off far above the schedule's next step can be
+    landed on exactly, with the remaining steps re-spaced; without it the plan only ever skips leading steps.
     """
     if mode not in MODES:
         raise ValueError(f"schedule mode must be one of {MODES}, got {mode!r}")
@@ -217,6 +233,9 @@ def plan_teleport(sigmas: torch.Tensor, handoff: Handoff | str, mode: str = "sav
             f"{FLOW_LOWEST_SIGMA:g} (t 0.5) a jump would replace most of a flow schedule's noise range; use the "
             "steps unit if you mean that")
     k = skipped_steps(sigmas, handoff, param)
+    stage = float(sigmas[-1]) > 0      # a stage of a longer run: the next stage starts at its last sigma
+    level = lambda i: param.noise_level(float(sigmas[i]))  # noqa: E731
+    shown = lambda i: format_sigma(level(i))  # noqa: E731
 
     def unchanged(reason):
         return TeleportPlan(False, s0, s0, 0, n, 0, sigmas, mode, reason + ": the sampler runs unchanged", param, mean)
@@ -232,38 +251,69 @@ def plan_teleport(sigmas: torch.Tensor, handoff: Handoff | str, mode: str = "sav
                    f"the schedule starts below the hand-off; a hand-off below σ {start} jumps")
             return unchanged(f"hand-off σ {format_sigma(handoff.value)} ≥ schedule start σ {start} ({why})")
         return unchanged(f"hand-off {handoff} replaces no step")
-    if k >= n:
+    if k > n or (k == n and not stage):
         raise ValueError(_too_far(handoff, n, sigmas, param))
+    reason = "from the image-conditioned start latent (img2img)" if img2img else "from the start noise"
+    h = handoff.value
+    jump_only = k == n and not (mode == "same_budget" and handoff.kind == "sigma" and h > level(n) * (1 + SIGMA_RTOL))
+    far = handoff.kind == "sigma" and mode == "save" and level(k) < LANDING_FLOOR * h
+    note = ""
+    if far and can_respace:
+        # land on the hand-off itself; the sampler's remaining steps (at least one, to reach a stage's end) are
+        # re-spaced below it along the schedule's shape
+        left = max(n - k, 1)
+        note = (f"the schedule's next step, σ {shown(k)}, is far below the hand-off, so the jump lands on the "
+                f"hand-off and the sampler's {left} step(s) are re-spaced below it")
+        k = n - left
+        target = param.schedule_sigma(h)
+        return TeleportPlan(True, s0, target, k, n, k, respace(sigmas, target, left), mode, reason, param, mean,
+                            sigmas, note)
+    if far:
+        # this caller can only skip schedule steps: stop on the last one above the hand-off
+        note = (f"the schedule's next step, σ {shown(k)}, is far below the hand-off, so the jump stops on the last "
+                "step above it")
+        k -= 1
+        if k == 0:
+            return unchanged(f"hand-off σ {format_sigma(h)}: the schedule's first step below σ {shown(0)} is σ "
+                             f"{shown(1)}, far past the hand-off (a coarse schedule; add steps or raise the hand-off)")
+        return TeleportPlan(True, s0, float(sigmas[k]), k, n, k, sigmas[k:], mode, reason, param, mean, sigmas, note)
+    if jump_only:
+        note = (f"a jump-only stage: the schedule ends at σ {shown(n)}, not 0, so the next stage continues from "
+                "there")
+        return TeleportPlan(True, s0, float(sigmas[n]), n, n, n, sigmas[n:], mode, reason, param, mean, sigmas, note)
     target = float(sigmas[k])
     if mode == "same_budget" and handoff.kind == "sigma":
-        target = param.schedule_sigma(handoff.value)
+        target = param.schedule_sigma(h)
     if target <= 0:
         raise ValueError(_too_far(handoff, n, sigmas, param))
     if mode == "save":
         rest, offset = sigmas[k:], k
     else:
         rest, offset = respace(sigmas, target, n), 0
-    reason = "from the image-conditioned start latent (img2img)" if img2img else "from the start noise"
     return TeleportPlan(True, s0, target, k, n, offset, rest, mode, reason, param, mean, sigmas)
 
 
 def _too_far(handoff: Handoff, n: int, sigmas: torch.Tensor, param: Parameterization) -> str:
+    """Why the hand-off replaces every step of a schedule that ends at 0 (or more steps than a stage has), and the
+    first value that works."""
+    stage = float(sigmas[-1]) > 0
     last = format_sigma(param.noise_level(float(sigmas[sigmas > 0][-1])))
     if handoff.kind == "sigma":
-        fix = f"raise the hand-off sigma above {last}, the schedule's last noise level (about 5 is typical)"
+        fix = (f"raise the hand-off sigma to {last} or more, the schedule's last noise level before 0 (about 5 is "
+               "typical)")
     elif handoff.kind == "steps":
-        fix = f"replace at most {n - 1} steps"
+        fix = f"replace at most {n if stage else n - 1} steps"
     else:
         fix = f"lower the fraction below {(n - 0.5) / n:.3g}"
-    return (f"hand-off {handoff} would replace all {n} steps of the schedule, leaving the model no step to run: "
-            f"{fix}, or add steps")
+    return (f"hand-off {handoff} would replace {'more than the' if stage else 'all'} {n} steps of the schedule, "
+            f"leaving the model no step to run: {fix}, or add steps")
 
 
 def teleport_sigmas(sigmas: torch.Tensor, handoff: Handoff | str, mode: str = "save",
                     parameterization: Parameterization | str = VE):
     """The schedule the sampler runs after the jump, and the hand-off as a noise level (for split graphs)."""
     sigmas = schedule_tensor(sigmas)
-    plan = plan_teleport(sigmas, handoff, mode, parameterization)
+    plan = plan_teleport(sigmas, handoff, mode, parameterization, can_respace=True)
     return plan.sigmas.to(sigmas.dtype), plan.noise_level_to
 
 
@@ -287,6 +337,8 @@ def respace(sigmas: torch.Tensor, start: float, steps: int) -> torch.Tensor:
     logs = pos.log()
     u_start = _fractional_index(logs, math.log(start))
     count = steps + 1 - zeros
+    if count == 1 and zeros:          # one step, straight to 0
+        return torch.cat([sigmas.new_tensor([start]), sigmas.new_zeros(zeros)])
     if count < 2:
         raise ValueError(f"{steps} step(s) leave no room for a re-spaced schedule")
     u = torch.linspace(u_start, len(pos) - 1, count, dtype=torch.float64)

@@ -26,12 +26,17 @@ log = logging.getLogger("gaussian_teleport")
 MomentsSource = "GaussianMoments | Callable[[], GaussianMoments]"
 
 
-def check_latent(x: torch.Tensor) -> None:
-    """A floating (B, C, H, W) latent; ValueError naming what else was given."""
-    if not isinstance(x, torch.Tensor) or x.dim() != 4:
+def check_latent(x: torch.Tensor, *, video: bool = False) -> None:
+    """A floating (B, C, H, W) latent, or with ``video`` also (B, C, T, H, W); ValueError naming what else was given."""
+    dims = (4, 5) if video else (4,)
+    if not isinstance(x, torch.Tensor) or x.dim() not in dims:
         shape = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
-        raise ValueError(f"teleport works on image latents (B, C, H, W); got {shape} (video and audio latents are "
-                         "not supported)")
+        if isinstance(x, torch.Tensor) and x.dim() == 5:
+            raise ValueError(f"this path works on image latents (B, C, H, W); got the video latent {shape}. Video "
+                             "latents (B, C, T, H, W) are taken by the teleport sampler (sample_teleport) and "
+                             "teleport_jump with video moments")
+        raise ValueError(f"teleport works on image latents (B, C, H, W){' and video latents (B, C, T, H, W)' * video}; "
+                         f"got {shape} (audio latents are not supported)")
     if not x.is_floating_point():
         raise ValueError(f"the latent must be floating point, got {x.dtype}")
 
@@ -100,11 +105,12 @@ def sample_teleport(model, x, sigmas, extra_args=None, callback=None, disable=No
     ``on_mismatch="pass"``: moments that do not fit this latent (a hires pass at another size) run the
     sampler unchanged with the reason recorded, instead of raising.
     """
-    check_latent(x)
+    check_latent(x, video=True)
     check_mean(mean)
     check_on_mismatch(on_mismatch)
     sigmas = sampler_sigmas(sigmas, x)
-    plan = plan_teleport(sigmas, handoff, mode, parameterization, mean=mean, no_jump=no_jump, img2img=img2img)
+    plan = plan_teleport(sigmas, handoff, mode, parameterization, mean=mean, no_jump=no_jump, img2img=img2img,
+                         can_respace=True)
     gauss = None
     if plan.jumped:   # bind before anything runs, so a mismatch stops the run before any model call
         source = moments() if callable(moments) else moments
@@ -126,6 +132,8 @@ def sample_teleport(model, x, sigmas, extra_args=None, callback=None, disable=No
     if x.shape[0] == 0:
         return x.clone()
     x = jump(model, x, sigmas, plan, gauss, extra_args or {}, callback)
+    if plan.sampler_steps == 0:          # a jump-only stage: its last sigma is reached in closed form
+        return x
     rest = plan.sigmas.to(device=sigmas.device, dtype=sigmas.dtype)
     return sampler(model, x, rest, extra_args=extra_args, callback=_offset_callback(callback, plan.step_offset),
                    disable=disable, **sampler_options)

@@ -184,8 +184,9 @@ def test_a_teleport_sampler_is_refused_as_the_inner_sampler(comfy):
         teleport(moments, "teleport_euler", 3.0)
     cls = ch.node_class("GaussianTeleportSampler")
     assert "itself a teleport sampler" in cls.validate_inputs(sampler_name="teleport_heun")
-    assert "whole number" in cls.validate_inputs(handoff_kind="steps", handoff_value=2.5)
-    assert cls.validate_inputs(sampler_name="euler", handoff_kind="steps", handoff_value=None) is True
+    assert cls.validate_inputs(sampler_name="euler") is True
+    with pytest.raises(ValueError, match="whole number"):     # refused when the node runs, once (issue 23 item 10)
+        teleport(moments, "euler", 2.5, kind="steps")
 
 
 def test_errors_show_a_clean_type_and_name_the_fix(comfy):

@@ -395,6 +395,69 @@ def test_bad_input_is_named_at_submission_or_with_a_clean_type(server):
     server.run(wf, expect_error="gaussian_teleport.MomentsError: lowrank moments were estimated for latents of")
 
 
+def test_a_model_sampling_patch_gets_its_own_moments_through_http(server):
+    """Issue 23 item 6: the UNETLoader model, then the same model through ModelSamplingDiscrete(v_prediction) with
+    the same settings: the second is another model and is read again, not served the first's moments (cached)."""
+    def estimate(model):
+        return common(seed=5, batch=1) | {
+            "vpred": {"class_type": "ModelSamplingDiscrete", "inputs": {"model": ["model", 0],
+                                                                       "sampling": "v_prediction", "zsnr": False}},
+            "estimate": {"class_type": "GaussianTeleportEstimateMomentsModel", "inputs": {
+                "model": model, "width": 64, "height": 64, "structure": "stationary", "rank": 8, "sigma": 9.0,
+                "conditioning": ["cond", 0], "prompt": "unconditional", "seed": 3}},
+            "save": {"class_type": "GaussianTeleportSaveMoments", "inputs": {
+                "moments": ["estimate", 0], "filename": "item6", "if_exists": "overwrite", "storage": "auto"}}}
+
+    said = []
+    for model in (["model", 0], ["vpred", 0], ["model", 0]):
+        entry = server.run(estimate(model))
+        said.append(json.dumps(entry["outputs"]["estimate"]["text"]))
+    assert "model calls of batch" in said[0] and "model calls of batch" in said[1], said
+    assert "(cached)" in said[2], said        # the first model again: its own moments, from the cache
+
+
+def error_details(refused: str, node: str) -> list[str]:
+    """The details of each error ComfyUI lists for ``node`` in a /prompt refusal."""
+    return [e.get("details", "") for e in json.loads(refused)["node_errors"][node]["errors"]]
+
+
+def test_each_refusal_is_shown_once_and_inner_samplers_are_plain(server):
+    """Issue 23 item 10: a refusal is listed once (not once per widget), and the inner-sampler dropdowns offer
+    only samplers that can run after the jump."""
+    for node in ("GaussianTeleportSampler", "GaussianTeleportCalibrate"):
+        spec = server.info[node]["input"]["required"]["sampler_name"]
+        names = spec[1]["options"] if isinstance(spec[0], str) else spec[0]
+        assert "euler" in names and not [n for n in names if n.startswith(("teleport_", "gaussian_"))], names
+    wf = common(seed=11, batch=1) | {
+        "load": {"class_type": "GaussianTeleportLoadMoments", "inputs": {"moments_file": "tiny_sd3.safetensors"}},
+        "sampler": {"class_type": "GaussianTeleportSampler", "inputs": {
+            "moments": ["load", 0], "sampler_name": "teleport_euler", "handoff_kind": "sigma", "handoff_value": 5.0,
+            "mode": "save", "mean": "data"}},
+        "guider": {"class_type": "CFGGuider", "inputs": {"model": ["model", 0], "positive": ["cond", 0],
+                                                          "negative": ["cond", 0], "cfg": 1.0}},
+        "sigmas": {"class_type": "BasicScheduler", "inputs": {"model": ["model", 0], "scheduler": "simple",
+                                                              "steps": 6, "denoise": 1.0}},
+        "sample": {"class_type": "SamplerCustomAdvanced", "inputs": {
+            "noise": ["noise", 0], "guider": ["guider", 0], "sampler": ["sampler", 0], "sigmas": ["sigmas", 0],
+            "latent_image": ["latent", 0]}},
+        "decode": {"class_type": "VAEDecode", "inputs": {"samples": ["sample", 0], "vae": ["vae", 0]}},
+        "out": {"class_type": "PreviewImage", "inputs": {"images": ["decode", 0]}},
+    }
+    prompt_id, refused = server.submit(wf)
+    assert prompt_id is None
+    details = error_details(refused, "sampler")
+    assert len(details) == 1 and "itself a teleport sampler" in details[0], details
+    # a value that does not fit its unit: one error, naming the fix
+    wf["sampler"]["inputs"].update(sampler_name="euler", handoff_kind="steps", handoff_value=2.5)
+    entry = server.run(wf, expect_error="whole number of steps")
+    errors = [m for m in entry["status"]["messages"] if m[0] == "execution_error"]
+    assert len(errors) == 1 and "fraction unit" in errors[0][1]["exception_message"]
+    # a mode that does not exist (an API prompt; ComfyUI does not check V3 combos at submission): once, named
+    wf["sampler"]["inputs"].update(handoff_kind="sigma", handoff_value=5.0, mode="fast")
+    entry = server.run(wf, expect_error="mode must be one of")
+    assert len([m for m in entry["status"]["messages"] if m[0] == "execution_error"]) == 1
+
+
 def widget_inputs(info):
     """(name, spec) of a node's widget inputs in the order the UI stores widgets_values."""
     out = []

@@ -139,3 +139,76 @@ def test_settings_hold_the_rules_once():
     with pytest.raises(ValueError, match="mean must be one of"):
         TeleportSettings(mean="prompt")
     assert math.isclose(FLOW.schedule_sigma(4.0), 0.8) and math.isinf(FLOW.noise_level(1.0))
+
+
+# -- coarse schedules and stages (issue 23, items 8 and 9) -------------------------------------------------------
+
+
+@pytest.mark.parametrize("n", [2, 3, 4, 5, 6, 8, 10])
+@pytest.mark.parametrize("flow", [False, True])
+def test_a_coarse_schedule_never_lands_far_past_the_hand_off(n, flow):
+    """Two steps of 'normal' are [14.61, 0.0292, 0]: the jump used to land on σ 0.03 for an asked 5. A sampler that
+    runs the plan's sigmas lands on the hand-off (the rest re-spaced, the same calls saved); a caller that can only
+    skip steps stops on the last step above it, or does not jump."""
+    from gaussian_teleport.scheduler.handoff import LANDING_FLOOR
+
+    sigmas = get_sigmas_flow(n, shift=3.0) if flow else get_sigmas_karras(n, 0.0292, 14.6146)
+    param = FLOW if flow else VE
+    steps_above = skipped_steps(sigmas, Handoff("sigma", 5.0), param)
+    plan = plan_teleport(sigmas, "sigma:5", parameterization=param, can_respace=True)
+    assert plan.jumped and plan.noise_level_to >= LANDING_FLOOR * 5.0, plan.summary()
+    assert plan.noise_level_to <= 5.0 * (1 + 1e-3)
+    assert plan.skipped == steps_above and plan.sampler_steps == n - steps_above and plan.sigmas[-1] == 0
+    assert bool(torch.all(plan.sigmas[1:] < plan.sigmas[:-1]))
+    if plan.note:
+        assert plan.noise_level_to == pytest.approx(5.0) and "far below the hand-off" in plan.summary()
+    skip_only = plan_teleport(sigmas, "sigma:5", parameterization=param)
+    if skip_only.jumped:
+        assert torch.equal(skip_only.sigmas, sigmas[skip_only.skipped:])
+        assert skip_only.noise_level_to >= LANDING_FLOOR * 5.0
+    else:
+        assert "far past the hand-off" in skip_only.reason
+
+
+def test_two_steps_jump_to_the_asked_sigma_and_save_a_call(moments):
+    sigmas = torch.tensor([14.6146, 0.0292, 0.0], dtype=torch.float64)
+    seen, plans = [], []
+    x = torch.randn(2, *SHAPE, dtype=torch.float64, generator=torch.Generator().manual_seed(4)) * 14.6146
+    sample_teleport(lambda xb, s, **_: xb, x, sigmas, moments=moments, handoff="sigma:5", on_plan=plans.append,
+                    sampler=lambda m, xk, s, **kw: seen.append(s.tolist()) or xk)
+    assert seen == [[5.0, 0.0]] and "→ σ 5 " in plans[0].summary()
+
+
+def test_a_stage_that_ends_above_zero_can_be_jump_only(moments):
+    """Stage 1 of a split schedule (SplitSigmas at step 5 of Karras 20): all its steps replaced, its last sigma reached
+    in closed form, no model call and no sampler call; the next stage continues from there."""
+    stage = torch.tensor([14.6146, 10.7468, 7.8956, 5.7890, 4.2376 * 1.062], dtype=torch.float64)
+    op = moments.operator(SHAPE)
+    calls = []
+
+    def model(x, sigma, **_):
+        calls.append(float(sigma[0]))
+        return gaussian_x0(op, x, float(sigma[0]))
+
+    x = torch.randn(2, *SHAPE, dtype=torch.float64, generator=torch.Generator().manual_seed(5)) * 14.6146
+    for handoff in ("sigma:5", "sigma:3", "steps:4", "fraction:0.9"):
+        plans = []
+        out = sample_teleport(model, x, stage, moments=moments, handoff=handoff, mean="data", on_plan=plans.append,
+                              sampler=lambda *a, **k: pytest.fail("the sampler has no step to run"))
+        exact = gaussian_flow(op, x, float(stage[0]), float(stage[-1]))
+        torch.testing.assert_close(out, exact, rtol=1e-9, atol=1e-9)
+        assert calls == [] and "jump-only stage" in plans[0].summary() and plans[0].skipped == 4
+    with pytest.raises(ValueError, match="replace at most 4 steps"):
+        plan_teleport(stage, "steps:5")
+    # the hand-off far above the stage's end: land on it, one step to the end
+    plan = plan_teleport(torch.tensor([14.6, 11.0, 2.0]), "sigma:5", can_respace=True)
+    assert plan.sigmas.tolist() == [5.0, 2.0] and plan.skipped == 1
+
+
+def test_a_refusal_names_the_first_value_that_works():
+    sigmas = torch.tensor([14.6146, 0.0292, 0.0], dtype=torch.float64)
+    with pytest.raises(ValueError, match=r"raise the hand-off sigma to 0\.0292 or more"):
+        plan_teleport(sigmas, "sigma:0.01")
+    assert plan_teleport(sigmas, "sigma:0.0292").skipped == 1
+    with pytest.raises(ValueError, match="replace at most 1 steps"):
+        plan_teleport(sigmas, "steps:2")

@@ -43,7 +43,7 @@ SIGMAS = get_sigmas_karras(10, 0.03, 14.6)
 
 @pytest.mark.parametrize("handoff, skipped", [
     (Handoff("steps", 3), 3), (Handoff("fraction", 0.25), 3), (Handoff("fraction", 0.2), 2),
-    (Handoff("sigma", 5.0), int((SIGMAS[:-1] > 5.0).sum())),
+    (Handoff("sigma", 3.5), int((SIGMAS[:-1] > 3.5).sum())),    # the next step (3.18) is near the hand-off
 ])
 def test_handoff_units_agree_on_the_steps_replaced(handoff, skipped):
     plan = plan_teleport(SIGMAS, handoff, "save")
@@ -52,8 +52,8 @@ def test_handoff_units_agree_on_the_steps_replaced(handoff, skipped):
 
 
 def test_save_mode_snaps_to_the_schedule_and_same_budget_lands_exactly():
-    save = plan_teleport(SIGMAS, Handoff("sigma", 5.0), "save")
-    assert save.sigma_to <= 5.0 and float(SIGMAS[save.skipped - 1]) > 5.0
+    save = plan_teleport(SIGMAS, Handoff("sigma", 3.5), "save")
+    assert save.sigma_to <= 3.5 and float(SIGMAS[save.skipped - 1]) > 3.5
     same = plan_teleport(SIGMAS, Handoff("sigma", 5.0), "same_budget")
     assert same.sigma_to == 5.0 and same.steps == 10 and same.step_offset == 0
     assert float(same.sigmas[0]) == 5.0 and float(same.sigmas[-1]) == 0.0

@@ -7,8 +7,8 @@ as close to it as the plain pipeline at N steps (SD with Euler, Euler Karras v-p
 DPM++ 2M; SD3 and Flux with their flow-matching Euler); teleport off is bit-identical to the plain call;
 the denoiser calls drop by the replaced steps (+1 for the model mean); under CFG with a prompt-dependent
 mean, the model mean matches the truth and the data mean does not. Plus SDXL, the refusals, moments
-through the pipeline's VAE and off the model, the k-diffusion wrapper and the benchmark on a tiny saved
-pipeline.
+through the pipeline's VAE and off the model, the k-diffusion wrapper, the benchmark on a tiny saved
+pipeline, and the Gaussian solver through the pipeline (exact on the Gaussians, one call a step).
 """
 
 import contextlib
@@ -30,7 +30,8 @@ from diffusers.models.modeling_utils import ModelMixin  # noqa: E402
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer  # noqa: E402
 
 from gaussian_teleport.diffusers import (PipelineDenoiser, estimate_pipeline_moments,  # noqa: E402
-                                         estimate_pipeline_moments_from_model, latent_format, teleport, teleport_plan)
+                                         estimate_pipeline_moments_from_model, gaussian_solver, latent_format,
+                                         scheduler_kind, teleport, teleport_plan)
 from gaussian_teleport.moments import DenseMoments, MomentsError  # noqa: E402
 
 SD_SHAPE = (4, 8, 8)          # 16×16 pixels through a VAE that halves the size
@@ -407,7 +408,7 @@ def test_model_mean_under_cfg_matches_the_truth_and_the_data_mean_does_not(token
     truth = sd_truth(pipe, make, noise, 8, guided)
     plain = images(pipe(**call))
     moments = g.moments()                               # the unconditional data Gaussian: its mean is μ
-    err = {mean: rmse(images(teleport(pipe, moments, handoff="sigma:3", mean=mean, **call)), truth)
+    err = {mean: rmse(images(teleport(pipe, moments, handoff="steps:3", mean=mean, **call)), truth)
            for mean in ("model", "data")}
     assert err["model"] <= rmse(plain, truth) + 1e-6, (err, rmse(plain, truth))
     assert err["data"] > 2 * rmse(plain, truth) and err["data"] > 2 * err["model"], (err, rmse(plain, truth))
@@ -503,3 +504,97 @@ def test_benchmark_runs_on_a_tiny_saved_pipeline(tokenizer, tmp_path):
     table = (out / "pipeline_bench.md").read_text()
     assert "| teleport, -1 calls | steps:1 (σ" in table and "discretisation error" in table
     assert (out / "pipeline_bench.png").stat().st_size > 0
+
+
+# ----------------------------------------------------------------------------
+# The Gaussian solver through the pipeline's denoiser (gaussian_solver): exact on an exact Gaussian at any
+# number of steps, one model call a step, the pipeline's own schedule and output.
+
+
+def recorded(pipe, call):
+    """(start latents in the core's frame, the pipeline's schedule) as gaussian_solver records them."""
+    from gaussian_teleport.diffusers.families import image_latents, pipeline_family
+    from gaussian_teleport.diffusers.teleport import record_start
+
+    family = pipeline_family(pipe)
+    kind = scheduler_kind(pipe.scheduler, family)
+    noise, record = record_start(pipe, kind, call)
+    x = image_latents(pipe, family, noise * record.start_scale, call).double()
+    return kind.to_core(x, float(record.sigmas[0])), record.sigmas, kind
+
+
+def gaussian_end(g, x, sigmas, alpha, mean=None):
+    """Where an exact solver lands from x at sigmas[0]: the flow to the last σ, or, when the schedule ends at 0,
+    the Gaussian's x0 at the σ before it (k-diffusion's last step)."""
+    flat, shape = x.flatten(1), x.shape
+    end = float(sigmas[-1]) if float(sigmas[-1]) > 0 else float(sigmas[-2])
+    mean = g.mean if mean is None else mean
+    y = g.flow(flat, float(sigmas[0]), alpha(float(sigmas[0])), end, alpha(end), mean)
+    if float(sigmas[-1]) == 0:
+        y = g.x0(y, end, alpha(end), mean.expand(len(y), -1))
+    return y.reshape(shape)
+
+
+@pytest.mark.parametrize("case", sorted(SD_CASES))
+def test_the_gaussian_solver_is_exact_on_a_gaussian_sd_pipeline_with_one_call_a_step(tokenizer, case):
+    make, prediction, _ = SD_CASES[case]
+    pipe = sd_pipeline(tokenizer, make(), prediction=prediction)
+    g, steps = pipe.unet.gaussian, 5
+    noise = torch.randn(2, *SD_SHAPE, generator=torch.Generator().manual_seed(5))
+    call = {**SD_CALL, "latents": noise, "num_inference_steps": steps}
+    x, sigmas, kind = recorded(pipe, call)
+    truth = kind.from_core(gaussian_end(g, x, sigmas, lambda s: 1.0), float(sigmas[-1]))
+    plain = images(pipe(**call))
+    pipe.unet.calls = 0
+    out = images(gaussian_solver(pipe, g.moments(), **call))
+    assert pipe.unet.calls == len(sigmas) - 1 == steps
+    assert rmse(out, truth) < 1e-4 * float(truth.double().std()) < rmse(plain, truth), (rmse(out, truth),
+                                                                                       rmse(plain, truth))
+
+
+@pytest.mark.parametrize("kind", ["flux", "sd3"])
+def test_the_gaussian_solver_is_exact_on_a_gaussian_flow_pipeline(kind):
+    pipe = flow_pipeline(kind)
+    g, c, h, w = pipe.transformer.gaussian, *FLOW_SHAPE
+    call = seeded(flow_call(kind, 4))
+    x, sigmas, _ = recorded(pipe, call)
+    assert float(sigmas[0]) == 1.0
+    truth = gaussian_end(g, x, sigmas, lambda t: 1.0 - t)
+    pipe.transformer.calls = 0
+    out = images(gaussian_solver(pipe, g.moments(), order=2, **seeded(flow_call(kind, 4))))
+    assert pipe.transformer.calls == 4
+    out = FluxPipeline._unpack_latents(out, 8 * h, 8 * w, 8) if kind == "flux" else out
+    assert rmse(out, truth) < 1e-4 * float(truth.double().std()), rmse(out, truth)
+
+
+def test_the_gaussian_solver_on_sdxl_decodes_like_the_pipeline_and_refuses_what_it_cannot_run(tokenizer):
+    """SDXL with a tiny real UNet: decoded output of the plain call's shape; refusals before any model call."""
+    unet = tiny_unet(addition_embed_type="text_time", addition_time_embed_dim=4,
+                     projection_class_embeddings_input_dim=32)
+    pipe = StableDiffusionXLPipeline(vae=tiny_vae(), text_encoder=None, text_encoder_2=None, tokenizer=None,
+                                     tokenizer_2=None, unet=unet, scheduler=EulerDiscreteScheduler(**BETAS))
+    pipe.set_progress_bar_config(disable=True)
+    gen = torch.Generator().manual_seed(0)
+    call = dict(prompt_embeds=torch.randn(1, 8, 16, generator=gen),
+                pooled_prompt_embeds=torch.randn(1, 8, generator=gen),
+                negative_prompt_embeds=torch.zeros(1, 8, 16), negative_pooled_prompt_embeds=torch.zeros(1, 8),
+                height=16, width=16, output_type="pt", num_inference_steps=4)
+    moments = DenseMoments(torch.zeros(SD_SHAPE), torch.ones(256), torch.eye(256), count=2, latent_format="SDXL")
+    calls = []
+    hook = unet.register_forward_pre_hook(lambda *args: calls.append(1))
+    out = images(gaussian_solver(pipe, moments, mean="model", **seeded(call)))
+    assert out.shape == images(pipe(**seeded(call))).shape and torch.isfinite(out).all()
+    assert len(calls) == 4 + 4          # the solver's 4, then the plain call's 4
+    calls.clear()
+    flux_moments = DenseMoments(torch.zeros(16, 4, 4), torch.ones(256), torch.eye(256), count=2, latent_format="Flux")
+    with pytest.raises(MomentsError, match="Flux.*SDXL"):
+        gaussian_solver(pipe, flux_moments, **seeded(call))
+    with pytest.raises(ValueError, match="order"):
+        gaussian_solver(pipe, moments, order=7, **seeded(call))
+    with pytest.raises(ValueError, match="callback_on_step_end"):
+        gaussian_solver(pipe, moments, callback_on_step_end=lambda *a: {}, **seeded(call))
+    pipe.scheduler = EulerAncestralDiscreteScheduler(**BETAS)
+    with pytest.raises(ValueError, match="EulerAncestralDiscreteScheduler.*EulerDiscreteScheduler"):
+        gaussian_solver(pipe, moments, **seeded(call))
+    hook.remove()
+    assert calls == []

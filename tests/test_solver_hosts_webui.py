@@ -16,7 +16,8 @@ from gaussian_teleport.moments import MomentsError
 from gaussian_teleport.scheduler import get_sigmas_flow, get_sigmas_karras
 from gaussian_teleport.scheduler.multistep import sample_ipndm
 from test_webui_hosts import (EXTRA_PARAMS, STANDIN_SAMPLING, TABLE, SDModel, load_script, make_host)
-from test_webui_wrapper import EXTRA, SD_SIGMAS, SHAPE, Flux, gaussian_flow_ref, model_space_gaussian, noise_like
+from test_webui_wrapper import (EXTRA, ON_STEP, SD_SIGMAS, SHAPE, Flux, gaussian_flow_ref, model_space_gaussian,
+                                noise_like)
 from test_webui_wrapper import processing as teleport_processing
 from test_webui_wrapper import run, write_moments
 
@@ -174,9 +175,9 @@ def test_solver_errors_name_the_fix(sd15, monkeypatch, tmp_path):
 def test_ipndm_teleport_is_the_jump_then_our_ipndm(sd15, mean):
     host, model = sd15
     noise = noise_like(SHAPE)
-    p = processing(mean=mean)
+    p = processing(mean=mean, value=ON_STEP)
     out, sampler = run(host, model, "iPNDM Teleport", p, noise, SD_SIGMAS)
-    k = int((SD_SIGMAS[:-1] > 5.0).sum())
+    k = int((SD_SIGMAS[:-1] > ON_STEP).sum())
     x_k = gaussian_flow_ref(model.mean, model.cov, noise * SD_SIGMAS[0], float(SD_SIGMAS[0]), float(SD_SIGMAS[k]),
                             flow=False)
     reference = sample_ipndm(model.make_denoiser(), x_k, SD_SIGMAS[k:], extra_args=EXTRA)

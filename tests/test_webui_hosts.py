@@ -3,8 +3,9 @@ checks run against them. Other test_webui_* files import the stand-ins from here
 
 The stand-ins copy the hosts' behaviour that matters to us, not their code: the sampler table
 (label, function name, aliases, options), SamplerData, A1111's all_samplers/all_samplers_map/
-set_samplers, Forge's add_sampler (which rebinds all_samplers_map), a memoised name lookup, and a
-KDiffusionSampler that calls the sampler function with the hosts' argument shape.
+set_samplers, Forge's add_sampler (which rebinds all_samplers_map), a memoised name lookup (those three in
+webui_sd_samplers_standin.py, a module file loaded afresh per host), and a KDiffusionSampler that calls the
+sampler function with the hosts' argument shape.
 """
 
 import importlib.util
@@ -109,52 +110,8 @@ class SamplerData(SamplerDataTuple):
         return steps * 2 if self.options.get("second_order", False) else steps
 
 
-SD_SAMPLERS_A1111 = '''
-import functools
-all_samplers = [*sd_samplers_kdiffusion.samplers_data_k_diffusion]
-all_samplers_map = {x.name: x for x in all_samplers}
-samplers = []
-samplers_for_img2img = []
-samplers_map = {}
-
-def set_samplers():
-    global samplers, samplers_for_img2img
-    samplers = all_samplers
-    samplers_for_img2img = all_samplers
-    samplers_map.clear()
-    for sampler in all_samplers:
-        samplers_map[sampler.name.lower()] = sampler.name
-        for alias in sampler.aliases:
-            samplers_map[alias.lower()] = sampler.name
-
-def visible_sampler_names():
-    return [x.name for x in samplers]
-
-@functools.cache
-def get_sampler_and_scheduler(sampler_name, scheduler_name=None):
-    return all_samplers_map.get(sampler_name, samplers[0]).name
-
-def create_sampler(name, model):
-    config = all_samplers_map.get(name)
-    assert config is not None, f"bad sampler name: {name}"
-    sampler = config.constructor(model)
-    sampler.config = config
-    return sampler
-
-set_samplers()
-'''
-
-SD_SAMPLERS_FORGE_EXTRA = '''
-add_sampler_calls = []
-
-def add_sampler(sampler):
-    global all_samplers, all_samplers_map
-    add_sampler_calls.append(sampler.name)
-    if sampler.name not in [x.name for x in all_samplers]:
-        all_samplers.append(sampler)
-        all_samplers_map = {x.name: x for x in all_samplers}
-        set_samplers()
-'''
+# The stand-in modules/sd_samplers.py is a real file beside this one, loaded afresh for each host.
+SD_SAMPLERS_STANDIN = os.path.join(os.path.dirname(os.path.abspath(__file__)), "webui_sd_samplers_standin.py")
 
 
 def make_kdiffusion_module(sampling, table=TABLE, extra_params=EXTRA_PARAMS):
@@ -199,9 +156,10 @@ def make_kdiffusion_module(sampling, table=TABLE, extra_params=EXTRA_PARAMS):
 
 
 def make_sd_samplers(kd, flavor):
-    mod = types.ModuleType("modules.sd_samplers")
-    mod.sd_samplers_kdiffusion = kd
-    exec(SD_SAMPLERS_A1111 + (SD_SAMPLERS_FORGE_EXTRA if flavor == "forge" else ""), mod.__dict__)
+    spec = importlib.util.spec_from_file_location("modules.sd_samplers", SD_SAMPLERS_STANDIN)
+    mod = importlib.util.module_from_spec(spec)
+    mod.sd_samplers_kdiffusion, mod.FLAVOR = kd, flavor
+    spec.loader.exec_module(mod)
     return mod
 
 

@@ -17,6 +17,7 @@ parts of the host's own code that import with torch alone, and stand-ins (test_w
 """
 
 import ast
+import importlib.machinery
 import importlib.util
 import os
 import re
@@ -29,11 +30,12 @@ import pytest
 import torch
 
 import test_webui_hosts as hosts
-from test_webui_wrapper import (SHAPE, SD_SIGMAS, gaussian_flow_ref, model_space_gaussian, noise_like, processing,
-                                write_moments)
+from test_webui_wrapper import (ON_STEP, SHAPE, SD_SIGMAS, gaussian_flow_ref, model_space_gaussian, noise_like,
+                                processing, write_moments)
 
 WEBUI = os.environ.get("GT_WEBUI_PATH")
-pytestmark = pytest.mark.skipif(not WEBUI, reason="set GT_WEBUI_PATH to an AUTOMATIC1111 or Forge checkout")
+pytestmark = pytest.mark.skipif(not WEBUI, reason="set GT_WEBUI_PATH to an AUTOMATIC1111, Forge or Forge Neo "
+                                                  "checkout")
 ROOT = hosts.ROOT
 
 
@@ -81,13 +83,38 @@ def _literal(node):
         return None
 
 
+class _DefinitionsLoader(importlib.machinery.SourceFileLoader):
+    """Imports a host file as importlib does, keeping only its named top-level definitions.
+
+    The rest of the file (its imports of gradio, modules.shared and the like) cannot run on a test machine; the
+    kept functions, classes and assignments are compiled from the file's own source, with its path for tracebacks.
+    """
+
+    def __init__(self, fullname, path, names):
+        super().__init__(fullname, path)
+        self.names = frozenset(names)
+
+    def source_to_code(self, data, path, *, _optimize=-1):
+        tree = parse(path)
+        body = [n for n in tree.body if getattr(n, "name", None) in self.names
+                or (isinstance(n, ast.Assign) and getattr(n.targets[0], "id", None) in self.names)]
+        found = {getattr(n, "name", None) or n.targets[0].id for n in body}
+        assert found == self.names, f"{path} no longer defines {sorted(self.names - found)} at its top level"
+        return compile(ast.Module(body=body, type_ignores=[]), path, "exec", dont_inherit=True, optimize=_optimize)
+
+    def get_code(self, fullname):   # never the host's own bytecode cache: it holds the whole file
+        return self.source_to_code(None, self.path)
+
+
 def host_definitions(path, names, namespace):
-    """Execute the named top-level functions/classes/assignments of a host file in ``namespace``."""
-    tree = parse(path)
-    body = [n for n in tree.body if getattr(n, "name", None) in names
-            or (isinstance(n, ast.Assign) and getattr(n.targets[0], "id", None) in names)]
-    exec(compile(ast.Module(body=body, type_ignores=[]), path, "exec"), namespace)
-    return namespace
+    """The named top-level functions/classes/assignments of a host file, imported with ``namespace`` as the
+    globals the rest of the file would have provided; returns the module's namespace."""
+    name = "gt_host_definitions." + os.path.splitext(os.path.basename(path))[0]
+    spec = importlib.util.spec_from_file_location(name, path, loader=_DefinitionsLoader(name, path, names))
+    module = importlib.util.module_from_spec(spec)
+    vars(module).update(namespace)
+    spec.loader.exec_module(module)
+    return vars(module)
 
 
 def real_table():
@@ -217,9 +244,9 @@ def test_wrapper_around_the_hosts_sampler_functions(real_host, tmp_path, base):
     plain = sd.create_sampler(base, model)
     assert sampler.func.__wrapped__ is plain.func       # the host's own function, signature kept
     noise = noise_like(SHAPE)
-    p = processing()
+    p = processing(value=ON_STEP)
     out = sampler.sample(p, noise, SD_SIGMAS)
-    k = int((SD_SIGMAS[:-1] > 5.0).sum())
+    k = int((SD_SIGMAS[:-1] > ON_STEP).sum())
     x_k = gaussian_flow_ref(mean, cov, noise * SD_SIGMAS[0], float(SD_SIGMAS[0]), float(SD_SIGMAS[k]), flow=False)
     reference = plain.func(model.make_denoiser(), x_k, SD_SIGMAS[k:], extra_args={
         "cond": 0, "uncond": 0, "cond_scale": 7.0, "image_cond": None, "s_min_uncond": 0.0}, disable=True)

@@ -87,6 +87,9 @@ def noise_like(shape, seed=1, batch=3):
 
 
 SD_SIGMAS = get_sigmas_karras(10, 0.0292, 14.6146).double()
+# Just above SD_SIGMAS[2] = 5.479: a save-mode jump lands on that schedule step whatever the core's rule for a
+# hand-off far above the next step (test_a_hand_off_far_above_the_next_step_lands_where_the_plan_says).
+ON_STEP = 5.5
 
 
 @pytest.mark.parametrize("mean", ["data", "model"])
@@ -94,9 +97,9 @@ SD_SIGMAS = get_sigmas_karras(10, 0.0292, 14.6146).double()
 def test_jump_then_host_sampler_matches_reference(sd15, base, mean):
     host, model = sd15
     noise = noise_like(SHAPE)
-    p = processing(mean=mean)
+    p = processing(value=ON_STEP, mean=mean)
     out, sampler = run(host, model, base + " Teleport", p, noise, SD_SIGMAS)
-    k = int((SD_SIGMAS[:-1] > 5.0).sum())
+    k = int((SD_SIGMAS[:-1] > ON_STEP).sum())
     assert k >= 2
     x_k = gaussian_flow_ref(model.mean, model.cov, noise * SD_SIGMAS[0], float(SD_SIGMAS[0]), float(SD_SIGMAS[k]),
                             flow=False)
@@ -119,10 +122,33 @@ def test_jump_then_host_sampler_matches_reference(sd15, base, mean):
     assert sampler.last_states == full.last_states == list(range(len(SD_SIGMAS) - 1))
 
     params = p.extra_generation_params
-    assert params["Teleport"] == "sigma:5" and params["Teleport moments"] == "sd15.safetensors"
+    assert params["Teleport"] == "sigma:5.5" and params["Teleport moments"] == "sd15.safetensors"
     assert params["Teleport mean"] == mean and "Teleport mode" not in params
     assert f"{k}/10 steps replaced" in params["Teleport result"]
     assert ("model mean" in params["Teleport result"]) == (mean == "model")
+
+
+@pytest.mark.parametrize("base", ["Euler", "DPM++ 2M"])
+def test_a_hand_off_far_above_the_next_step_lands_where_the_plan_says(sd15, base):
+    """σ 5 on the 10-step schedule: the next step (σ 3.169) is far below it. Wherever the core's plan lands the jump
+    (on the hand-off with the rest re-spaced, or on a schedule step), the wrapper is that closed-form jump followed by
+    the host's own function on the plan's sigmas, and the host's progress still ends at its total."""
+    from gaussian_teleport.scheduler.handoff import plan_teleport
+    host, model = sd15
+    noise = noise_like(SHAPE)
+    p = processing(value=5.0, mean="data")
+    out, sampler = run(host, model, base + " Teleport", p, noise, SD_SIGMAS)
+    plan = plan_teleport(SD_SIGMAS, "sigma:5", "save", can_respace=True)
+    assert plan.jumped and plan.sigma_to >= float(SD_SIGMAS[3])          # never past the schedule's next step
+    x_to = gaussian_flow_ref(model.mean, model.cov, noise * SD_SIGMAS[0], float(SD_SIGMAS[0]), plan.sigma_to,
+                             flow=False)
+    plain = host.sd_samplers.create_sampler(base, model)
+    reference = plain.func(model.make_denoiser(), x_to, plan.sigmas.double(), extra_args=EXTRA)
+    torch.testing.assert_close(out, reference, rtol=1e-9, atol=1e-9)
+    assert [s for _, s in sampler.model_wrap_cfg.calls] == pytest.approx([float(s) for s in plan.sigmas[:-1]])
+    assert sampler.last_states == list(range(len(SD_SIGMAS) - 1))
+    assert sampler.model_wrap_cfg.step == len(SD_SIGMAS) - 1
+    assert p.extra_generation_params["Teleport result"] == plan.short()
 
 
 EXTRA = {"cond": 0, "uncond": 0, "cond_scale": 7.0, "image_cond": None, "s_min_uncond": 0.0}
