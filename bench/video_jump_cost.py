@@ -1,4 +1,4 @@
-"""What the teleport jump costs on video latents next to one video model call (issue 22, item 4's cost row).
+"""What the teleport jump costs on video latents next to one video model call.
 
 Times the closed-form jump (``teleport_jump`` on a flow model, t 1 → 0.9) on Wan 2.1 latents at 480p
 (16×21×60×104: 81 frames of 832×480) and 720p (16×21×90×160: 81 frames of 1280×720), for:
