@@ -25,11 +25,11 @@ from __future__ import annotations
 
 import argparse
 import os
-import statistics
 import time
 
 import torch
 
+from gaussian_teleport.bench.core_jump_cost import median_time, repeats
 from gaussian_teleport.bench.core_moments_size import report_file, write_report
 from gaussian_teleport.moments import VAE_STATS, VideoStationaryMoments, video_moments_from_vae_stats
 from gaussian_teleport.scheduler import clear_binding_cache, teleport_jump
@@ -62,16 +62,6 @@ def matmul_flops_per_second(size: int = 2048, repeats: int = 3) -> float:
     return 2 * size ** 3 / median_time(lambda: a @ b, repeats)
 
 
-def median_time(fn, repeats: int) -> float:
-    fn()  # warm-up
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
-
-
 def once(fn) -> float:
     t0 = time.perf_counter()
     fn()
@@ -91,12 +81,6 @@ def cases():
     yield "video_stationary", f"estimated at {'×'.join(map(str, ESTIMATED_AT))}", stationary_moments()
     yield "video_stationary (VAE stats)", "Wan21 latents_mean / latents_std", \
         video_moments_from_vae_stats(*VAE_STATS["Wan21"], latent_format="Wan21")
-
-
-def repeats(text: str) -> int:
-    if not text.isdigit() or int(text) < 1:
-        raise argparse.ArgumentTypeError(f"got {text!r}; give a whole number ≥ 1")
-    return int(text)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -133,13 +133,15 @@ class GaussianMoments:
     """Base class. ``mean`` has the latent shape (C, H, W) the moments were estimated at."""
 
     structure = "?"
+    mean_axes = "C, H, W"    # the mean's layout; video moments have (C, T, H, W)
 
     def __init__(self, mean: torch.Tensor, *, count: int, space: str = "raw",
                  latent_format: str = "none", metadata: dict | None = None):
         if space not in SPACES:
             raise MomentsError(f"space must be one of {SPACES}, got {space!r}")
-        if mean.dim() != 3:
-            raise MomentsError(f"mean must have shape (C, H, W), got {tuple(mean.shape)}")
+        if not isinstance(mean, torch.Tensor) or mean.dim() != len(self.mean_axes.split(", ")):
+            shape = tuple(mean.shape) if isinstance(mean, torch.Tensor) else type(mean).__name__
+            raise MomentsError(f"mean must have shape ({self.mean_axes}), got {shape}")
         self.mean = mean
         self.count = int(count)
         self.space = space

@@ -50,19 +50,7 @@ def latent_kind(shape) -> str:
 class VideoMoments(GaussianMoments):
     """Base of the video structures. ``mean`` has the latent shape (C, T, H, W) the moments were estimated at."""
 
-    def __init__(self, mean: torch.Tensor, *, count: int, space: str = "raw", latent_format: str = "none",
-                 metadata: dict | None = None):
-        # GaussianMoments.__init__ insists on an image mean (C, H, W); the bookkeeping is the same.
-        if space not in SPACES:
-            raise MomentsError(f"space must be one of {SPACES}, got {space!r}")
-        if not isinstance(mean, torch.Tensor) or mean.dim() != 4:
-            shape = tuple(mean.shape) if isinstance(mean, torch.Tensor) else type(mean).__name__
-            raise MomentsError(f"a video moments' mean must have shape (C, T, H, W), got {shape}")
-        self.mean = mean
-        self.count = int(count)
-        self.space = space
-        self.latent_format = latent_format
-        self.metadata = dict(metadata or {})
+    mean_axes = "C, T, H, W"
 
     @property
     def frames(self) -> int:
@@ -391,10 +379,8 @@ def check_video_batch(batch, shape) -> torch.Tensor:
     return batch
 
 
-class VideoStationaryAccumulator(ScatterAccumulator):
-    """Σx and the per-frequency scatter Σ X(k)X(k)ᴴ of the orthonormal 3-D DFT, in float64."""
-
-    structure = "video_stationary"   # set here, not registered: the image structures' list stays as it is
+class VideoScatterAccumulator(ScatterAccumulator):
+    """Σx and a per-frequency complex scatter in float64 over clips of one (C, T, H, W) shape."""
 
     def __init__(self, structure=None, *, rank=1, **kw):
         super().__init__(structure, rank=max(int(rank), 1))
@@ -404,17 +390,28 @@ class VideoStationaryAccumulator(ScatterAccumulator):
     def dim(self) -> int:
         return 0 if self.shape is None else int(torch.Size(self.shape).numel())
 
+    def scatter_shape(self, c, t, h, w) -> tuple:
+        raise NotImplementedError
+
     def start(self, shape):
         self.shape = tuple(int(s) for s in shape)
         self.sum = torch.zeros(self.shape, dtype=torch.float64)
-        c, t, h, w = self.shape
-        self.scatter = torch.zeros(t, h, w, c, c, dtype=torch.complex128)
+        self.scatter = torch.zeros(self.scatter_shape(*self.shape), dtype=torch.complex128)
 
     def check_batch(self, batch):
         batch = check_video_batch(batch, self.shape)
         if self.shape is None:
             self.start(batch.shape[1:])
         return batch
+
+
+class VideoStationaryAccumulator(VideoScatterAccumulator):
+    """Σx and the per-frequency scatter Σ X(k)X(k)ᴴ of the orthonormal 3-D DFT, in float64."""
+
+    structure = "video_stationary"   # set here, not registered: the image structures' list stays as it is
+
+    def scatter_shape(self, c, t, h, w):
+        return (t, h, w, c, c)
 
     def scatter_of(self, batch):
         spec = torch.fft.fftn(batch, dim=FFT_DIMS, norm="ortho").permute(0, 2, 3, 4, 1)  # B, T, H, W, C
@@ -435,30 +432,13 @@ class VideoStationaryAccumulator(ScatterAccumulator):
         return "fftn3-scatter-float64"
 
 
-class VideoSpatialAccumulator(ScatterAccumulator):
+class VideoSpatialAccumulator(VideoScatterAccumulator):
     """Σx and, per spatial frequency, the scatter of the (C·T)-channel view of each clip (2-D DFT), in float64."""
 
     structure = "video_spatial"
 
-    def __init__(self, structure=None, *, rank=1, **kw):
-        super().__init__(structure, rank=max(int(rank), 1))
-        self.scatter: torch.Tensor | None = None
-
-    @property
-    def dim(self) -> int:
-        return 0 if self.shape is None else int(torch.Size(self.shape).numel())
-
-    def start(self, shape):
-        self.shape = tuple(int(s) for s in shape)
-        self.sum = torch.zeros(self.shape, dtype=torch.float64)
-        c, t, h, w = self.shape
-        self.scatter = torch.zeros(h, w, c * t, c * t, dtype=torch.complex128)
-
-    def check_batch(self, batch):
-        batch = check_video_batch(batch, self.shape)
-        if self.shape is None:
-            self.start(batch.shape[1:])
-        return batch
+    def scatter_shape(self, c, t, h, w):
+        return (h, w, c * t, c * t)
 
     def scatter_of(self, batch):
         b, c, t, h, w = batch.shape
